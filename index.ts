@@ -1,0 +1,708 @@
+/**
+ * atomic-write: crash-safe file writes for Bun (and Node.js >= 20).
+ *
+ * A write either fully succeeds or leaves the previous file intact. The protocol (SPEC.md):
+ *   1. resolve symlinks to the final target       5. fsync the temp file
+ *   2. create a hidden temp beside the target      6. rename the temp over the target
+ *   3. write every byte                            7. fsync the directory
+ *   4. apply the final owner, then the mode
+ *
+ * The protocol is written once, as a generator (`writePlan`) that yields each system call it needs.
+ * `runSync` performs those calls with blocking `node:fs` primitives; `runAsync` performs the slow ones
+ * (fsync, large writes and reads, the source's chunks) without blocking the event loop. Both drivers
+ * therefore follow the very same steps in the very same order.
+ */
+
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import { constants as osConstants } from "node:os";
+import { basename, dirname, resolve as resolvePath } from "node:path";
+import { fileURLToPath } from "node:url";
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+
+/** Options common to every write function. */
+export interface WriteOptions {
+  /** Exact permission bits of the written file (0..0o7777); not filtered by the umask. */
+  mode?: number;
+  /** `false` skips every fsync: still atomic for readers and process crashes, not for power loss. */
+  durable?: boolean;
+  /** Skip the write entirely when the target already holds exactly these bytes and mode. */
+  ifChanged?: boolean;
+}
+
+/** Options of the text and stream functions. */
+export interface TextWriteOptions extends WriteOptions {
+  /** Any encoding `Buffer` supports; default `"utf-8"`. */
+  encoding?: BufferEncoding;
+}
+
+/** Data accepted by the bytes functions. */
+export type BytesLike = Uint8Array | ArrayBuffer | ArrayBufferView;
+
+/** Chunks accepted by `atomicWriteStream`. */
+export type StreamSource =
+  | Iterable<Uint8Array | string>
+  | AsyncIterable<Uint8Array | string>
+  | ReadableStream<Uint8Array>;
+
+/** One file of a batch. */
+export interface BatchEntry {
+  path: fs.PathLike;
+  data: string | BytesLike;
+  encoding?: BufferEncoding;
+  mode?: number;
+}
+
+/** Options of a batch: they apply to every entry. */
+export interface BatchOptions {
+  durable?: boolean;
+  ifChanged?: boolean;
+}
+
+/** The error of a write whose new contents are in place but whose durability is unconfirmed. */
+export type AtomicWriteError = NodeJS.ErrnoException & { published?: true; renamed?: string[] };
+
+// ---------------------------------------------------------------------------------------------
+// Public API: each function validates its arguments, then runs the one plan.
+
+export function atomicWriteText(path: fs.PathLike, data: string, options?: TextWriteOptions): void {
+  const request = textRequest(path, data, options);
+  runSync(writePlan(request, request.chunks()), request.shown);
+}
+
+export function atomicWriteBytes(path: fs.PathLike, data: BytesLike, options?: WriteOptions): void {
+  const request = bytesRequest(path, data, options);
+  runSync(writePlan(request, request.chunks()), request.shown);
+}
+
+export function atomicWriteTextAsync(path: fs.PathLike, data: string, options?: TextWriteOptions): Promise<void> {
+  return later(() => textRequest(path, data, options));
+}
+
+export function atomicWriteBytesAsync(path: fs.PathLike, data: BytesLike, options?: WriteOptions): Promise<void> {
+  return later(() => bytesRequest(path, data, options));
+}
+
+/** Writes the chunks of `source` (bytes or strings) to `path`, holding only a few chunks in memory. */
+export function atomicWriteStream(path: fs.PathLike, source: StreamSource, options?: TextWriteOptions): Promise<void> {
+  return later(() => streamRequest(path, source, options));
+}
+
+/** The names of the original specification, as the very same function objects. */
+export const atomic_write_text = atomicWriteText;
+export const atomic_write_bytes = atomicWriteBytes;
+
+// ---------------------------------------------------------------------------------------------
+// Requests: validated arguments, before anything on disk is touched.
+
+type Chunks = Iterator<Uint8Array> | AsyncIterator<Uint8Array>;
+
+interface Request {
+  /** The path as the caller gave it, for messages. */
+  shown: string;
+  /** The path as a string the file system accepts. */
+  path: string;
+  /** A fresh iterator over the bytes to write. */
+  chunks: () => Chunks;
+  /** Total byte count when known in advance (lets `ifChanged` compare sizes first). */
+  length?: number;
+  mode?: number;
+  durable: boolean;
+  ifChanged: boolean;
+}
+
+function textRequest(path: fs.PathLike, data: unknown, options: unknown): Request {
+  const base = baseRequest(path, options);
+  if (typeof data !== "string") throw new TypeError(`data must be a string, got ${describe(data)}`);
+  const encoding = encodingOf(options);
+  return { ...base, chunks: () => textChunks(data, encoding), length: Buffer.byteLength(data, encoding) };
+}
+
+function bytesRequest(path: fs.PathLike, data: unknown, options: unknown): Request {
+  const base = baseRequest(path, options);
+  const bytes = asBytes(data);
+  if (bytes === undefined) {
+    throw new TypeError(`data must be a Uint8Array, ArrayBuffer or ArrayBufferView, got ${describe(data)}`);
+  }
+  return { ...base, chunks: () => [bytes][Symbol.iterator](), length: bytes.byteLength };
+}
+
+function streamRequest(path: fs.PathLike, source: unknown, options: unknown): Request {
+  const base = baseRequest(path, options);
+  const encoding = encodingOf(options);
+  const iterate = sourceIterator(source);
+  return { ...base, chunks: () => streamChunks(iterate(), encoding) };
+}
+
+function baseRequest(path: unknown, options: unknown): Omit<Request, "chunks"> {
+  const { shown, path: fsPath } = pathOf(path);
+  if (options !== undefined && (options === null || typeof options !== "object")) {
+    throw new TypeError(`options must be an object, got ${describe(options)}`);
+  }
+  const { mode, durable = true, ifChanged = false } = (options ?? {}) as WriteOptions;
+  if (mode !== undefined) checkMode(mode);
+  if (typeof durable !== "boolean") throw new TypeError(`options.durable must be a boolean, got ${describe(durable)}`);
+  if (typeof ifChanged !== "boolean") {
+    throw new TypeError(`options.ifChanged must be a boolean, got ${describe(ifChanged)}`);
+  }
+  return { shown, path: fsPath, mode, durable, ifChanged };
+}
+
+function pathOf(path: unknown): { shown: string; path: string } {
+  let text: string;
+  if (typeof path === "string") text = path;
+  else if (Buffer.isBuffer(path)) text = path.toString("utf8");
+  else if (path instanceof URL) {
+    if (path.protocol !== "file:") throw new TypeError(`path must be a file: URL, got ${path.href}`);
+    text = fileURLToPath(path);
+  } else throw new TypeError(`path must be a string, Buffer or file: URL, got ${describe(path)}`);
+  if (text.length === 0) throw new TypeError("path must not be empty");
+  if (text.includes("\0")) throw new TypeError("path must not contain a NUL byte");
+  return { shown: text, path: text };
+}
+
+function checkMode(mode: unknown): asserts mode is number {
+  if (typeof mode !== "number") throw new TypeError(`options.mode must be an integer, got ${describe(mode)}`);
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
+    throw new RangeError(`options.mode must be an integer from 0 to 0o7777, got ${mode}`);
+  }
+}
+
+function encodingOf(options: unknown): BufferEncoding {
+  const encoding = (options as TextWriteOptions | undefined)?.encoding ?? "utf-8";
+  if (typeof encoding !== "string" || !Buffer.isEncoding(encoding)) {
+    throw new RangeError(`options.encoding is not an encoding Buffer supports: ${String(encoding)}`);
+  }
+  return encoding;
+}
+
+function asBytes(data: unknown): Uint8Array | undefined {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ArrayBuffer || data instanceof SharedArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return undefined;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") return value.constructor?.name ?? "object";
+  return typeof value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources of chunks. Large strings are encoded piecewise into one reused buffer, so a 512 MiB
+// string never needs a second 512 MiB copy. A chunk is consumed before the next one is pulled.
+
+const TEXT_PIECE = 256 * 1024; // UTF-16 code units per piece: at most 768 KiB of UTF-8
+const PIECEWISE: ReadonlySet<string> = new Set([
+  "utf8",
+  "utf-8",
+  "utf16le",
+  "utf-16le",
+  "ucs2",
+  "ucs-2",
+  "latin1",
+  "binary",
+  "ascii",
+]);
+
+function* textChunks(text: string, encoding: BufferEncoding): Generator<Uint8Array> {
+  if (text.length <= TEXT_PIECE || !PIECEWISE.has(encoding.toLowerCase())) {
+    yield Buffer.from(text, encoding);
+    return;
+  }
+  const buffer = Buffer.allocUnsafe(TEXT_PIECE * 3);
+  for (let start = 0; start < text.length; ) {
+    let end = Math.min(start + TEXT_PIECE, text.length);
+    // Never split a surrogate pair: each half alone would encode as U+FFFD.
+    if (end < text.length && isHighSurrogate(text.charCodeAt(end - 1))) end--;
+    const written = buffer.write(text.slice(start, end), 0, encoding);
+    yield buffer.subarray(0, written);
+    start = end;
+  }
+}
+
+function isHighSurrogate(unit: number): boolean {
+  return unit >= 0xd800 && unit <= 0xdbff;
+}
+
+function sourceIterator(source: unknown): () => Iterator<unknown> | AsyncIterator<unknown> {
+  if (source !== null && typeof source === "object") {
+    const asyncIterable = (source as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator];
+    if (typeof asyncIterable === "function") return () => asyncIterable.call(source);
+    const iterable = (source as Partial<Iterable<unknown>>)[Symbol.iterator];
+    if (typeof iterable === "function") return () => iterable.call(source);
+    if (typeof (source as ReadableStream).getReader === "function") {
+      return () =>
+        readerIterator((source as ReadableStream<unknown>).getReader() as ReadableStreamDefaultReader<unknown>);
+    }
+  }
+  throw new TypeError(`source must be an Iterable, AsyncIterable or ReadableStream, got ${describe(source)}`);
+}
+
+function readerIterator(reader: ReadableStreamDefaultReader<unknown>): AsyncIterator<unknown> {
+  return {
+    next: () => reader.read() as Promise<IteratorResult<unknown>>,
+    return: async () => {
+      await reader.cancel();
+      return { done: true, value: undefined };
+    },
+  };
+}
+
+/** Turns a source's chunks into bytes; strings are encoded, anything else is a TypeError. */
+function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encoding: BufferEncoding): Chunks {
+  let pending: Iterator<Uint8Array> | undefined;
+  const convert = (result: IteratorResult<unknown>): IteratorResult<Uint8Array> | undefined => {
+    if (result.done) return { done: true, value: undefined };
+    const chunk = result.value;
+    if (chunk instanceof Uint8Array) return { done: false, value: chunk };
+    if (typeof chunk === "string") {
+      pending = textChunks(chunk, encoding);
+      return undefined;
+    }
+    throw new TypeError(`source chunks must be Uint8Array or string, got ${describe(chunk)}`);
+  };
+  const fromPending = (): IteratorResult<Uint8Array> | undefined => {
+    if (!pending) return undefined;
+    const piece = pending.next();
+    if (!piece.done) return piece;
+    pending = undefined;
+    return undefined;
+  };
+  const next = (): IteratorResult<Uint8Array> | Promise<IteratorResult<Uint8Array>> => {
+    const piece = fromPending();
+    if (piece) return piece;
+    const result = inner.next();
+    if (result instanceof Promise) return result.then((r) => convert(r) ?? next());
+    return convert(result) ?? next();
+  };
+  const stop = () => inner.return?.();
+  return { next, return: stop } as Chunks;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The system calls the plan may ask for. Each driver performs them its own way.
+
+const ops = {
+  lstat: (path: string): fs.Stats => fs.lstatSync(path),
+  readlink: (path: string): string => fs.readlinkSync(path),
+  open: (path: string, flags: number, mode: number): number => fs.openSync(path, flags, mode),
+  fstat: (fd: number): fs.Stats => fs.fstatSync(fd),
+  write: (fd: number, data: Uint8Array, offset: number, length: number): number =>
+    fs.writeSync(fd, data, offset, length),
+  read: (fd: number, into: Uint8Array, offset: number, length: number, position: number): number =>
+    fs.readSync(fd, into, offset, length, position),
+  fchown: (fd: number, uid: number, gid: number): void => fs.fchownSync(fd, uid, gid),
+  fchmod: (fd: number, mode: number): void => fs.fchmodSync(fd, mode),
+  fsync: (fd: number): void => fs.fsyncSync(fd),
+  close: (fd: number): void => fs.closeSync(fd),
+  rename: (from: string, to: string): void => fs.renameSync(from, to),
+  unlink: (path: string): void => fs.unlinkSync(path),
+  /** Pulls the next chunk of the data (not a system call: the source may be asynchronous). */
+  next: (chunks: Chunks): IteratorResult<Uint8Array> => chunks.next() as IteratorResult<Uint8Array>,
+};
+
+type Ops = typeof ops;
+type OpName = keyof Ops;
+type Call = { op: OpName; args: unknown[] };
+type Plan<T> = Generator<Call, T, unknown>;
+
+/** Asks the driver for one operation; `yield* sys("fsync", fd)` reads like the call itself. */
+function* sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Generator<Call, ReturnType<Ops[K]>, unknown> {
+  return (yield { op, args }) as ReturnType<Ops[K]>;
+}
+
+/** The same, for clean-up steps whose own failure must not hide the error being reported. */
+function* quietly<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Plan<void> {
+  try {
+    yield* sys(op, ...args);
+  } catch {
+    // The original error is the one the caller needs; this one would only mask it.
+  }
+}
+
+function runSync<T>(plan: Plan<T>, shown: string): T {
+  let step = plan.next();
+  while (!step.done) {
+    const { op, args } = step.value;
+    let result: unknown;
+    try {
+      result = (ops[op] as (...a: unknown[]) => unknown)(...args);
+    } catch (error) {
+      step = plan.throw(blame(error, op, shown));
+      continue;
+    }
+    step = plan.next(result);
+  }
+  return step.value;
+}
+
+/** Writes at least this large go to the thread pool; smaller ones cost less than the hop there. */
+const BIG_IO = 64 * 1024;
+
+const poolOps: Partial<Record<OpName, (...args: never[]) => unknown>> = {
+  fsync: (fd: number) => callback<void>((done) => fs.fsync(fd, done)),
+  write: (fd: number, data: Uint8Array, offset: number, length: number) =>
+    length < BIG_IO
+      ? ops.write(fd, data, offset, length)
+      : callback<number>((done) => fs.write(fd, data, offset, length, null, done)),
+  read: (fd: number, into: Uint8Array, offset: number, length: number, position: number) =>
+    length < BIG_IO
+      ? ops.read(fd, into, offset, length, position)
+      : callback<number>((done) => fs.read(fd, into, offset, length, position, done)),
+  next: async (chunks: Chunks) => chunks.next(),
+};
+
+function callback<T>(start: (done: (error: Error | null, value?: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => start((error, value) => (error ? reject(error) : resolve(value as T))));
+}
+
+async function runAsync<T>(plan: Plan<T>, shown: string): Promise<T> {
+  let step = plan.next();
+  while (!step.done) {
+    const { op, args } = step.value;
+    let result: unknown;
+    try {
+      const perform = (poolOps[op] ?? ops[op]) as (...a: unknown[]) => unknown;
+      result = await perform(...args);
+    } catch (error) {
+      step = plan.throw(blame(error, op, shown));
+      continue;
+    }
+    step = plan.next(result);
+  }
+  return step.value;
+}
+
+/** Names the caller's path in a system error; errors of the caller's own source pass untouched. */
+function blame(error: unknown, op: OpName, shown: string): unknown {
+  if (op === "next" || !(error instanceof Error)) return error;
+  const system = error as NodeJS.ErrnoException;
+  if (system.code === undefined || system.path === shown) return error;
+  const detail = system.path === undefined ? (system.syscall ?? op) : `${system.syscall ?? op} '${system.path}'`;
+  system.message = `${system.code}: cannot write '${shown}' (${detail}: ${reason(system)})`;
+  system.path = shown;
+  return error;
+}
+
+function reason(error: NodeJS.ErrnoException): string {
+  const original = error.message.replace(/^[A-Z]+: /, "");
+  return original.split(",")[0] ?? original;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous writes: argument errors reject, and writes to one file settle in call order.
+
+const queues = new Map<string, Promise<unknown>>();
+
+function later(build: () => Request): Promise<void> {
+  let request: Request;
+  let key: string;
+  try {
+    request = build();
+    key = orderKey(request.path);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  const previous = queues.get(key);
+  const run = () => writeAsync(request);
+  const current = previous ? previous.then(run, run) : run();
+  queues.set(key, current);
+  const forget = () => {
+    if (queues.get(key) === current) queues.delete(key);
+  };
+  current.then(forget, forget);
+  return current;
+}
+
+async function writeAsync(request: Request): Promise<void> {
+  const chunks = request.chunks();
+  try {
+    await runAsync(writePlan(request, chunks), request.shown);
+  } catch (error) {
+    // A source we stopped reading early gets to release what it holds (a socket, a file).
+    try {
+      await chunks.return?.();
+    } catch {
+      // The write's own error is the one to report.
+    }
+    throw error;
+  }
+}
+
+/** One key per file, however it is reached (relative path, symlinks, symlinked directories). */
+function orderKey(path: string): string {
+  let target: string;
+  try {
+    target = runSync(resolveTarget(path), path).path;
+  } catch {
+    return resolvePath(path); // the write itself will report the error, in its turn
+  }
+  try {
+    return `${fs.realpathSync(dirname(target))}/${basename(target)}`;
+  } catch {
+    return resolvePath(target);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write protocol.
+
+interface Target {
+  /** Where the data goes: symlinks already followed. */
+  path: string;
+  /** The file being replaced, if there is one. */
+  existing?: fs.Stats;
+}
+
+const MAX_SYMLINKS = 40; // Linux's own limit for one path walk
+
+function* writePlan(request: Request, chunks: Chunks): Plan<void> {
+  const target = yield* resolveTarget(request.path);
+  const mode = request.mode ?? (target.existing ? target.existing.mode & 0o7777 : undefined);
+  let replay: Replay | undefined;
+  if (request.ifChanged && target.existing) {
+    const verdict = yield* compareWithTarget(target, chunks, request.length, mode);
+    if (verdict === "unchanged") return;
+    replay = verdict;
+  }
+  const temp = yield* createTemp(target.path, mode);
+  try {
+    if (replay) yield* copyPrefix(replay, temp.fd);
+    yield* writeAll(temp.fd, chunks);
+    yield* applyOwnerAndMode(temp.fd, target, mode);
+    if (request.durable) yield* sys("fsync", temp.fd);
+  } catch (error) {
+    yield* quietly("close", temp.fd);
+    yield* quietly("unlink", temp.path);
+    throw error;
+  } finally {
+    if (replay) yield* quietly("close", replay.fd);
+  }
+  yield* sys("close", temp.fd);
+  yield* replaceTarget(temp.path, target.path);
+  if (request.durable) yield* syncDirectory(dirname(target.path));
+}
+
+/** Step 1: follow symlinks to the file that will really be replaced. */
+function* resolveTarget(path: string): Plan<Target> {
+  const mustBeDirectory = path.endsWith("/");
+  let current = path;
+  for (let hops = 0; ; hops++) {
+    let stat: fs.Stats;
+    try {
+      stat = yield* sys("lstat", current);
+    } catch (error) {
+      // A missing file is simply created; a missing directory is reported when the temp is.
+      if (!mustBeDirectory && (error as NodeJS.ErrnoException).code === "ENOENT") return { path: current };
+      throw error;
+    }
+    if (stat.isSymbolicLink()) {
+      if (hops >= MAX_SYMLINKS) throw systemError("ELOOP", "too many levels of symbolic links", "open", path);
+      current = resolvePath(dirname(current), yield* sys("readlink", current));
+      continue;
+    }
+    if (stat.isDirectory()) throw systemError("EISDIR", "illegal operation on a directory", "open", path);
+    if (mustBeDirectory) throw systemError("ENOTDIR", "not a directory", "open", path);
+    // Renaming over a device, FIFO or socket would silently swap it for a plain file.
+    if (!stat.isFile()) throw systemError("EINVAL", "not a regular file", "open", path);
+    return { path: current, existing: stat };
+  }
+}
+
+interface Temp {
+  fd: number;
+  path: string;
+}
+
+const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+const NAME_ROOM = 64; // bytes of the target's name kept in the temp's name: far below any NAME_MAX
+
+/** Step 2: an exclusive, hidden temp in the target's own directory (a rename across filesystems is not atomic). */
+function* createTemp(target: string, mode: number | undefined): Plan<Temp> {
+  // Until step 4, the temp is never readable by anyone the final file will not admit; with no
+  // mode to keep, 0o666 lets the kernel apply the umask and default ACLs as a plain create would.
+  const createMode = mode === undefined ? 0o666 : mode & 0o600;
+  for (let attempt = 0; ; attempt++) {
+    const path = tempName(target);
+    try {
+      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path };
+    } catch (error) {
+      // A clash with another writer's random name is vanishingly rare but must not fail the write.
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
+    }
+  }
+}
+
+function tempName(target: string): string {
+  let name = basename(target);
+  while (Buffer.byteLength(name) > NAME_ROOM) name = Array.from(name).slice(0, -1).join("");
+  return `${dirname(target)}/.${name}.${randomHex()}.tmp`;
+}
+
+let entropy = Buffer.alloc(0);
+let entropyAt = 0;
+
+/** 48 random bits, unpredictable to other users (drawn from the CSPRNG in batches). */
+function randomHex(): string {
+  if (entropyAt + 6 > entropy.length) {
+    entropy = randomBytes(6 * 256);
+    entropyAt = 0;
+  }
+  entropyAt += 6;
+  return entropy.toString("hex", entropyAt - 6, entropyAt);
+}
+
+/** Step 3: every byte, resuming short writes. */
+function* writeAll(fd: number, chunks: Chunks): Plan<void> {
+  for (;;) {
+    const next = yield* sys("next", chunks);
+    if (next.done) return;
+    yield* writeChunk(fd, next.value);
+  }
+}
+
+function* writeChunk(fd: number, chunk: Uint8Array): Plan<void> {
+  for (let offset = 0; offset < chunk.byteLength; ) {
+    const written = yield* sys("write", fd, chunk, offset, chunk.byteLength - offset);
+    // A regular file that accepts nothing would make this loop spin forever.
+    if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
+    offset += written;
+  }
+}
+
+/** Step 4: owner first, since chown clears the setuid and setgid bits that the mode may set. */
+function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined): Plan<void> {
+  const old = target.existing;
+  if (old && (old.uid !== process.geteuid?.() || old.gid !== process.getegid?.())) {
+    try {
+      yield* sys("fchown", fd, old.uid, old.gid);
+    } catch {
+      // Not allowed to give the file away: keep at least the group where that is allowed.
+      yield* quietly("fchown", fd, -1, old.gid);
+    }
+  }
+  if (mode !== undefined) yield* sys("fchmod", fd, mode);
+}
+
+/** Step 6, with clean-up: a failed rename leaves the temp behind unless it is removed here. */
+function* replaceTarget(temp: string, target: string): Plan<void> {
+  try {
+    yield* sys("rename", temp, target);
+  } catch (error) {
+    yield* quietly("unlink", temp);
+    throw error;
+  }
+}
+
+/** Step 7: makes the rename itself durable. The data is already in place, so failures say so. */
+function* syncDirectory(directory: string): Plan<void> {
+  try {
+    const fd = yield* sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
+    try {
+      yield* sys("fsync", fd);
+    } finally {
+      yield* quietly("close", fd);
+    }
+  } catch (error) {
+    (error as AtomicWriteError).published = true;
+    throw error;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ifChanged: compare the new bytes with the target as they arrive, and write only on a difference.
+
+interface Replay {
+  /** The target, open for reading: the bytes that matched so far are copied from it. */
+  fd: number;
+  /** How many leading bytes matched before the difference. */
+  matched: number;
+  /** The chunk in which the difference was found (not yet written). */
+  pendingChunk?: Uint8Array;
+}
+
+const COMPARE_PIECE = 1024 * 1024;
+
+function* compareWithTarget(
+  target: Target,
+  chunks: Chunks,
+  length: number | undefined,
+  mode: number | undefined,
+): Plan<Replay | "unchanged" | undefined> {
+  const old = target.existing as fs.Stats;
+  if ((old.mode & 0o7777) !== mode) return undefined;
+  if (length !== undefined && length !== old.size) return undefined;
+  let fd: number;
+  try {
+    fd = yield* sys("open", target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0);
+  } catch {
+    return undefined; // a target we may not read is simply replaced
+  }
+  try {
+    const size = (yield* sys("fstat", fd)).size;
+    const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(size, 1)));
+    let matched = 0;
+    for (;;) {
+      const next = yield* sys("next", chunks);
+      if (next.done) {
+        if (matched === size) {
+          yield* quietly("close", fd);
+          return "unchanged";
+        }
+        return { fd, matched };
+      }
+      if (!(yield* sameBytes(fd, matched, next.value, scratch))) return { fd, matched, pendingChunk: next.value };
+      matched += next.value.byteLength;
+    }
+  } catch (error) {
+    yield* quietly("close", fd);
+    throw error;
+  }
+}
+
+function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Buffer): Plan<boolean> {
+  for (let offset = 0; offset < chunk.byteLength; ) {
+    const want = Math.min(scratch.byteLength, chunk.byteLength - offset);
+    const got = yield* sys("read", fd, scratch, 0, want, position + offset);
+    if (got === 0) return false;
+    if (Buffer.compare(scratch.subarray(0, got), chunk.subarray(offset, offset + got)) !== 0) return false;
+    offset += got;
+  }
+  return true;
+}
+
+/** After a difference: the matched prefix comes from the target, then the chunk that differed. */
+function* copyPrefix(replay: Replay, fd: number): Plan<void> {
+  const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(replay.matched, 1)));
+  for (let position = 0; position < replay.matched; ) {
+    const got = yield* sys(
+      "read",
+      replay.fd,
+      scratch,
+      0,
+      Math.min(scratch.byteLength, replay.matched - position),
+      position,
+    );
+    if (got === 0) throw systemError("EIO", "the target shrank while it was being compared", "read", undefined);
+    yield* writeChunk(fd, scratch.subarray(0, got));
+    position += got;
+  }
+  if (replay.pendingChunk) yield* writeChunk(fd, replay.pendingChunk);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function systemError(code: string, text: string, syscall: string, path: string | undefined): NodeJS.ErrnoException {
+  const where = path === undefined ? syscall : `${syscall} '${path}'`;
+  const error = new Error(`${code}: ${text}, ${where}`) as NodeJS.ErrnoException;
+  error.code = code;
+  const errno = (osConstants.errno as Record<string, number>)[code];
+  if (errno !== undefined) error.errno = -errno;
+  error.syscall = syscall;
+  if (path !== undefined) error.path = path;
+  return error;
+}
