@@ -1,0 +1,120 @@
+#!/usr/bin/env bun
+/**
+ * atomic-write [--mode OCTAL] <path>: standard input, as raw bytes, to <path>, atomically.
+ *
+ * Exit codes: 0 written and durable; 1 nothing written; 2 usage error;
+ * 3 written, but the directory fsync failed (durability unconfirmed).
+ */
+import { readSync } from "node:fs";
+import { type AtomicWriteError, atomicWriteStream } from "./index.ts";
+import { version } from "./package.json";
+
+const USAGE = `Usage: atomic-write [--mode OCTAL] <path>
+
+Reads standard input until EOF and writes it to <path> atomically: readers see the old
+file or the whole new one, never a mix, and a crash or power loss leaves one or the other.
+
+Options:
+  -m, --mode OCTAL  permission bits of the new file (e.g. 644); default: keep the
+                    existing file's, or what a plain create would give
+  -h, --help        show this help
+  -V, --version     show the version
+
+Exit status: 0 written and durable; 1 nothing written; 2 usage error;
+             3 written, but durability unconfirmed (the directory fsync failed).
+`;
+
+type Command = { kind: "write"; path: string; mode?: number } | { kind: "help" } | { kind: "version" };
+
+class UsageError extends Error {}
+
+function parse(args: string[]): Command {
+  let mode: number | undefined;
+  const paths: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    if (arg === "--") {
+      paths.push(...args.slice(i + 1));
+      break;
+    }
+    if (arg === "-h" || arg === "--help") return { kind: "help" };
+    if (arg === "-V" || arg === "--version") return { kind: "version" };
+    if (arg === "-m" || arg === "--mode" || arg.startsWith("--mode=")) {
+      const value = arg.startsWith("--mode=") ? arg.slice(7) : args[++i];
+      if (value === undefined) throw new UsageError("--mode needs an octal value, e.g. --mode 644");
+      mode = parseMode(value);
+    } else if (arg.startsWith("-") && arg !== "-") {
+      throw new UsageError(`unknown option ${arg}`);
+    } else {
+      paths.push(arg);
+    }
+  }
+  if (paths.length !== 1) throw new UsageError(paths.length === 0 ? "missing <path>" : "expected exactly one <path>");
+  return { kind: "write", path: paths[0] as string, mode };
+}
+
+function parseMode(text: string): number {
+  const digits = text.replace(/^0o/i, "");
+  if (!/^[0-7]{1,4}$/.test(digits)) throw new UsageError(`--mode must be octal from 0 to 7777, got '${text}'`);
+  return Number.parseInt(digits, 8);
+}
+
+const STDIN = 0;
+const CHUNK = 1024 * 1024;
+
+/** Standard input in chunks of one reused buffer: memory stays bounded whatever the input size. */
+function* standardInput(): Generator<Uint8Array> {
+  const buffer = Buffer.allocUnsafe(CHUNK);
+  for (;;) {
+    let count: number;
+    try {
+      count = readSync(STDIN, buffer, 0, CHUNK, null);
+    } catch (error) {
+      // An inherited non-blocking stdin has nothing yet: wait a moment rather than fail.
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+      continue;
+    }
+    if (count === 0) return;
+    yield buffer.subarray(0, count);
+  }
+}
+
+async function main(args: string[]): Promise<number> {
+  let command: Command;
+  try {
+    command = parse(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`atomic-write: ${error.message}\nTry 'atomic-write --help'.\n`);
+    return 2;
+  }
+  if (command.kind === "help") {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (command.kind === "version") {
+    process.stdout.write(`atomic-write ${version}\n`);
+    return 0;
+  }
+  try {
+    await atomicWriteStream(command.path, standardInput(), { mode: command.mode });
+    return 0;
+  } catch (error) {
+    const failure = error as AtomicWriteError;
+    const text = oneLine(failure.message ?? String(error));
+    if (failure.published) {
+      process.stderr.write(`atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
+      return 3;
+    }
+    const named = text.includes(command.path) ? text : `'${command.path}': ${text}`;
+    process.stderr.write(`atomic-write: ${named}; nothing was written\n`);
+    return 1;
+  }
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, " ");
+}
+
+process.exitCode = await main(process.argv.slice(2));
