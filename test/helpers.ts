@@ -1,0 +1,178 @@
+/**
+ * Shared fixtures for the test suites: temp dirs, real mounts (tmpfs, read-only), unprivileged
+ * children (setpriv), write requests run in a child process, and snapshots of a directory that
+ * prove a failed write changed nothing.
+ */
+import { type SpawnSyncReturns, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dir, "..");
+export const BUN = process.execPath;
+export const isRoot = process.getuid?.() === 0;
+export const NOBODY = 65534;
+
+/** Why a root-only test is skipped (CI runs as root, so there it always runs). */
+export const ROOT_ONLY = "needs root to mount file systems and drop privileges";
+
+export function has(tool: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs and mounts, removed by `cleanup()` (call it from afterAll).
+
+const made: string[] = [];
+const mounts: string[] = [];
+
+/** A fresh directory, world-searchable so unprivileged children can reach what the test allows. */
+export function tempDir(prefix = "aw-"): string {
+  const base = join(tmpdir(), "atomic-write-tests");
+  fs.mkdirSync(base, { recursive: true, mode: 0o755 });
+  fs.chmodSync(base, 0o755);
+  const dir = fs.mkdtempSync(join(base, prefix));
+  fs.chmodSync(dir, 0o755);
+  made.push(dir);
+  return dir;
+}
+
+/** A real tmpfs of `sizeKiB`, optionally read-only. Root only. */
+export function mountTmpfs(sizeKiB = 1024, options: { readOnly?: boolean } = {}): string {
+  const dir = tempDir("mnt-");
+  run("mount", ["-t", "tmpfs", "-o", `size=${sizeKiB}k,mode=0755`, "tmpfs", dir]);
+  mounts.push(dir);
+  if (options.readOnly) remount(dir, "ro");
+  return dir;
+}
+
+export function remount(dir: string, how: "ro" | "rw"): void {
+  run("mount", ["-o", `remount,${how}`, dir]);
+}
+
+export function cleanup(): void {
+  for (const dir of mounts.splice(0).reverse()) spawnSync("umount", ["-l", dir]);
+  for (const dir of made.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+}
+
+export function run(command: string, args: string[], options: { input?: string | Buffer } = {}): string {
+  const result = spawnSync(command, args, { input: options.input, encoding: "utf8" });
+  if (result.status !== 0) {
+    throw new Error(`${command} ${args.join(" ")} failed (${result.status}): ${result.stderr}`);
+  }
+  return result.stdout;
+}
+
+/** Fills a file system until it is full, leaving at most a few bytes free. */
+export function fillDisk(dir: string): void {
+  const filler = join(dir, "filler");
+  const block = Buffer.alloc(64 * 1024, 1);
+  const fd = fs.openSync(filler, "w");
+  try {
+    for (let size = block.length; size >= 1; size = Math.floor(size / 2)) {
+      for (;;) {
+        try {
+          fs.writeSync(fd, block, 0, size);
+        } catch {
+          break;
+        }
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots: everything a failed write must leave as it was.
+
+export interface EntryState {
+  type: "file" | "dir" | "link" | "other";
+  mode: number;
+  uid: number;
+  gid: number;
+  ino: number;
+  sha256?: string;
+  link?: string;
+}
+
+/** Every entry of `dir` (not recursive) with its type, mode, owner, inode and content hash. */
+export function snapshot(dir: string): Record<string, EntryState> {
+  const state: Record<string, EntryState> = {};
+  for (const name of fs.readdirSync(dir).sort()) {
+    const path = join(dir, name);
+    const stat = fs.lstatSync(path);
+    const entry: EntryState = {
+      type: stat.isFile() ? "file" : stat.isDirectory() ? "dir" : stat.isSymbolicLink() ? "link" : "other",
+      mode: stat.mode & 0o7777,
+      uid: stat.uid,
+      gid: stat.gid,
+      ino: stat.ino,
+    };
+    if (stat.isFile()) entry.sha256 = createHash("sha256").update(fs.readFileSync(path)).digest("hex");
+    if (stat.isSymbolicLink()) entry.link = fs.readlinkSync(path);
+    state[name] = entry;
+  }
+  return state;
+}
+
+export function modeOf(path: string): number {
+  return fs.statSync(path).mode & 0o7777;
+}
+
+/** Names in `dir` that look like this library's temp files (hidden, ending in `.tmp`). */
+export function tempResidue(dir: string): string[] {
+  return fs.readdirSync(dir).filter((name) => name.startsWith(".") && name.endsWith(".tmp"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes in a child process: as another user, under strace, or to be killed.
+
+export const WRITE_CHILD = join(ROOT, "test", "fixtures", "write-child.ts");
+
+/** One call of the library, described as JSON for `test/fixtures/write-child.ts`. */
+export interface ChildWrite {
+  fn: "atomicWriteText" | "atomicWriteBytes" | "atomicWriteTextAsync" | "atomicWriteBytesAsync" | "atomicWriteStream";
+  path: string;
+  /** Text for the text functions and the stream; base64 bytes for the bytes functions. */
+  data: string;
+  options?: Record<string, unknown>;
+}
+
+/** What the child reports: success, or the error's fields. */
+export interface ChildResult {
+  ok: boolean;
+  name?: string;
+  code?: string;
+  message?: string;
+  published?: boolean;
+}
+
+export interface ChildRun {
+  /** Run as this uid and gid (root only), with no supplementary groups. */
+  user?: number;
+  /** Prefix the command, e.g. ["strace", "-f", "-o", log]. */
+  wrap?: string[];
+  env?: Record<string, string>;
+}
+
+export function writeInChild(request: ChildWrite, how: ChildRun = {}): ChildResult & { raw: SpawnSyncReturns<string> } {
+  const argv = [...(how.wrap ?? []), ...asUser(how.user), BUN, WRITE_CHILD, JSON.stringify(request)];
+  const raw = spawnSync(argv[0] as string, argv.slice(1), {
+    encoding: "utf8",
+    env: { ...process.env, HOME: tmpdir(), ...how.env },
+  });
+  const line = raw.stdout.trim().split("\n").pop() ?? "";
+  try {
+    return { ...(JSON.parse(line) as ChildResult), raw };
+  } catch {
+    throw new Error(`write child printed no result (status ${raw.status}): ${raw.stderr}`);
+  }
+}
+
+/** setpriv arguments that drop root for the command that follows. */
+export function asUser(uid: number | undefined): string[] {
+  if (uid === undefined) return [];
+  return ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--"];
+}
