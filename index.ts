@@ -18,6 +18,7 @@ import * as fs from "node:fs";
 import { constants as osConstants } from "node:os";
 import { basename, dirname, resolve as resolvePath } from "node:path";
 import { fileURLToPath } from "node:url";
+import { getSystemErrorMap } from "node:util";
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -69,12 +70,12 @@ export type AtomicWriteError = NodeJS.ErrnoException & { published?: true; renam
 
 export function atomicWriteText(path: fs.PathLike, data: string, options?: TextWriteOptions): void {
   const request = textRequest(path, data, options);
-  runSync(writePlan(request, request.chunks()), request.shown);
+  runSync(writePlan(request, request.chunks()));
 }
 
 export function atomicWriteBytes(path: fs.PathLike, data: BytesLike, options?: WriteOptions): void {
   const request = bytesRequest(path, data, options);
-  runSync(writePlan(request, request.chunks()), request.shown);
+  runSync(writePlan(request, request.chunks()));
 }
 
 export function atomicWriteTextAsync(path: fs.PathLike, data: string, options?: TextWriteOptions): Promise<void> {
@@ -138,16 +139,21 @@ function streamRequest(path: fs.PathLike, source: unknown, options: unknown): Re
 
 function baseRequest(path: unknown, options: unknown): Omit<Request, "chunks"> {
   const { shown, path: fsPath } = pathOf(path);
+  const mode = (options as WriteOptions | undefined)?.mode;
+  if (mode !== undefined) checkMode(mode);
+  return { shown, path: fsPath, mode, ...baseOptions(options) };
+}
+
+function baseOptions(options: unknown): { durable: boolean; ifChanged: boolean } {
   if (options !== undefined && (options === null || typeof options !== "object")) {
     throw new TypeError(`options must be an object, got ${describe(options)}`);
   }
-  const { mode, durable = true, ifChanged = false } = (options ?? {}) as WriteOptions;
-  if (mode !== undefined) checkMode(mode);
+  const { durable = true, ifChanged = false } = (options ?? {}) as WriteOptions;
   if (typeof durable !== "boolean") throw new TypeError(`options.durable must be a boolean, got ${describe(durable)}`);
   if (typeof ifChanged !== "boolean") {
     throw new TypeError(`options.ifChanged must be a boolean, got ${describe(ifChanged)}`);
   }
-  return { shown, path: fsPath, mode, durable, ifChanged };
+  return { durable, ifChanged };
 }
 
 function pathOf(path: unknown): { shown: string; path: string } {
@@ -291,6 +297,7 @@ const ops = {
   readlink: (path: string): string => fs.readlinkSync(path),
   open: (path: string, flags: number, mode: number): number => fs.openSync(path, flags, mode),
   fstat: (fd: number): fs.Stats => fs.fstatSync(fd),
+  statfsType: (path: string): number => fs.statfsSync(path).type,
   write: (fd: number, data: Uint8Array, offset: number, length: number): number =>
     fs.writeSync(fd, data, offset, length),
   read: (fd: number, into: Uint8Array, offset: number, length: number, position: number): number =>
@@ -298,9 +305,12 @@ const ops = {
   fchown: (fd: number, uid: number, gid: number): void => fs.fchownSync(fd, uid, gid),
   fchmod: (fd: number, mode: number): void => fs.fchmodSync(fd, mode),
   fsync: (fd: number): void => fs.fsyncSync(fd),
+  fdatasync: (fd: number): void => fs.fdatasyncSync(fd),
   close: (fd: number): void => fs.closeSync(fd),
   rename: (from: string, to: string): void => fs.renameSync(from, to),
   unlink: (path: string): void => fs.unlinkSync(path),
+  openAnonymous: (directory: string, mode: number): number => anonymousFiles().open(directory, mode),
+  linkAnonymous: (fd: number, path: string): void => anonymousFiles().link(fd, path),
   /** Pulls the next chunk of the data (not a system call: the source may be asynchronous). */
   next: (chunks: Chunks): IteratorResult<Uint8Array> => chunks.next() as IteratorResult<Uint8Array>,
 };
@@ -324,7 +334,15 @@ function* quietly<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Plan<vo
   }
 }
 
-function runSync<T>(plan: Plan<T>, shown: string): T {
+/** Errors thrown by the caller's own source: they reach the caller as the very same, untouched objects. */
+const sourceErrors = new WeakSet<object>();
+
+function fromSource(error: unknown, op: OpName): unknown {
+  if (op === "next" && typeof error === "object" && error !== null) sourceErrors.add(error);
+  return error;
+}
+
+function runSync<T>(plan: Plan<T>): T {
   let step = plan.next();
   while (!step.done) {
     const { op, args } = step.value;
@@ -332,7 +350,7 @@ function runSync<T>(plan: Plan<T>, shown: string): T {
     try {
       result = (ops[op] as (...a: unknown[]) => unknown)(...args);
     } catch (error) {
-      step = plan.throw(blame(error, op, shown));
+      step = plan.throw(fromSource(error, op));
       continue;
     }
     step = plan.next(result);
@@ -343,8 +361,13 @@ function runSync<T>(plan: Plan<T>, shown: string): T {
 /** Writes at least this large go to the thread pool; smaller ones cost less than the hop there. */
 const BIG_IO = 64 * 1024;
 
+/**
+ * What the async driver does off the event loop: every flush, and large reads and writes. The
+ * remaining calls (open, fchmod, rename, ...) take microseconds, less than a hop to the pool.
+ */
 const poolOps: Partial<Record<OpName, (...args: never[]) => unknown>> = {
   fsync: (fd: number) => callback<void>((done) => fs.fsync(fd, done)),
+  fdatasync: (fd: number) => callback<void>((done) => fs.fdatasync(fd, done)),
   write: (fd: number, data: Uint8Array, offset: number, length: number) =>
     length < BIG_IO
       ? ops.write(fd, data, offset, length)
@@ -360,7 +383,7 @@ function callback<T>(start: (done: (error: Error | null, value?: T) => void) => 
   return new Promise((resolve, reject) => start((error, value) => (error ? reject(error) : resolve(value as T))));
 }
 
-async function runAsync<T>(plan: Plan<T>, shown: string): Promise<T> {
+async function runAsync<T>(plan: Plan<T>): Promise<T> {
   let step = plan.next();
   while (!step.done) {
     const { op, args } = step.value;
@@ -369,7 +392,7 @@ async function runAsync<T>(plan: Plan<T>, shown: string): Promise<T> {
       const perform = (poolOps[op] ?? ops[op]) as (...a: unknown[]) => unknown;
       result = await perform(...args);
     } catch (error) {
-      step = plan.throw(blame(error, op, shown));
+      step = plan.throw(fromSource(error, op));
       continue;
     }
     step = plan.next(result);
@@ -377,16 +400,20 @@ async function runAsync<T>(plan: Plan<T>, shown: string): Promise<T> {
   return step.value;
 }
 
-/** Names the caller's path in a system error; errors of the caller's own source pass untouched. */
-function blame(error: unknown, op: OpName, shown: string): unknown {
-  if (op === "next" || !(error instanceof Error)) return error;
+/** Names the caller's path in a system error (whose own path may be a temp the caller never saw). */
+function blame(error: unknown, shown: string): unknown {
+  if (!(error instanceof Error) || sourceErrors.has(error)) return error;
   const system = error as NodeJS.ErrnoException;
-  if (system.code === undefined || system.path === shown) return error;
-  const detail = system.path === undefined ? (system.syscall ?? op) : `${system.syscall ?? op} '${system.path}'`;
+  if (system.code === undefined || system.path === shown || blamed.has(error)) return error;
+  blamed.add(error);
+  const detail =
+    system.path === undefined ? (system.syscall ?? "write") : `${system.syscall ?? "write"} '${system.path}'`;
   system.message = `${system.code}: cannot write '${shown}' (${detail}: ${reason(system)})`;
   system.path = shown;
   return error;
 }
+
+const blamed = new WeakSet<object>();
 
 function reason(error: NodeJS.ErrnoException): string {
   const original = error.message.replace(/^[A-Z]+: /, "");
@@ -398,30 +425,39 @@ function reason(error: NodeJS.ErrnoException): string {
 
 const queues = new Map<string, Promise<unknown>>();
 
-function later(build: () => Request): Promise<void> {
-  let request: Request;
-  let key: string;
-  try {
-    request = build();
-    key = orderKey(request.path);
-  } catch (error) {
-    return Promise.reject(error);
-  }
-  const previous = queues.get(key);
-  const run = () => writeAsync(request);
-  const current = previous ? previous.then(run, run) : run();
-  queues.set(key, current);
+/** Runs `write` once every earlier async write to any of `keys` has settled. */
+function enqueue(keys: string[], write: () => Promise<void>): Promise<void> {
+  const earlier = [...new Set(keys.map((key) => queues.get(key)).filter((p) => p !== undefined))];
+  const current =
+    earlier.length === 0
+      ? write()
+      : earlier.length === 1
+        ? (earlier[0] as Promise<unknown>).then(write, write)
+        : Promise.allSettled(earlier).then(write);
+  for (const key of keys) queues.set(key, current);
   const forget = () => {
-    if (queues.get(key) === current) queues.delete(key);
+    for (const key of keys) if (queues.get(key) === current) queues.delete(key);
   };
   current.then(forget, forget);
   return current;
 }
 
+function later(build: () => Request): Promise<void> {
+  let request: Request;
+  let key: string;
+  try {
+    request = build();
+    key = fileKey(request.path);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return enqueue([key], () => writeAsync(request));
+}
+
 async function writeAsync(request: Request): Promise<void> {
   const chunks = request.chunks();
   try {
-    await runAsync(writePlan(request, chunks), request.shown);
+    await runAsync(writePlan(request, chunks));
   } catch (error) {
     // A source we stopped reading early gets to release what it holds (a socket, a file).
     try {
@@ -434,10 +470,10 @@ async function writeAsync(request: Request): Promise<void> {
 }
 
 /** One key per file, however it is reached (relative path, symlinks, symlinked directories). */
-function orderKey(path: string): string {
+function fileKey(path: string): string {
   let target: string;
   try {
-    target = runSync(resolveTarget(path), path).path;
+    target = runSync(resolveTarget(path)).path;
   } catch {
     return resolvePath(path); // the write itself will report the error, in its turn
   }
@@ -446,6 +482,50 @@ function orderKey(path: string): string {
   } catch {
     return resolvePath(target);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches: every file staged before any is renamed.
+
+function batchRequests(entries: unknown, options: unknown): { requests: Request[]; keys: string[]; durable: boolean } {
+  if (!Array.isArray(entries)) throw new TypeError(`entries must be an array, got ${describe(entries)}`);
+  const { durable, ifChanged } = baseOptions(options);
+  const requests: Request[] = [];
+  const keys: string[] = [];
+  const seen = new Map<string, number>();
+  entries.forEach((entry: unknown, index) => {
+    if (entry === null || typeof entry !== "object") {
+      throw new TypeError(`entries[${index}] must be an object, got ${describe(entry)}`);
+    }
+    const { path, data, encoding, mode } = entry as BatchEntry;
+    const perEntry = { encoding, mode, durable, ifChanged };
+    const request = typeof data === "string" ? textRequest(path, data, perEntry) : bytesRequest(path, data, perEntry);
+    const key = fileKey(request.path);
+    const first = seen.get(key);
+    if (first !== undefined) {
+      throw new TypeError(`entries[${index}].path names the same file as entries[${first}].path: ${request.shown}`);
+    }
+    seen.set(key, index);
+    requests.push(request);
+    keys.push(key);
+  });
+  return { requests, keys, durable };
+}
+
+/** Writes several files: all are staged, then all renamed, then each directory fsynced once. */
+export function atomicWriteMany(entries: BatchEntry[], options?: BatchOptions): void {
+  const { requests, durable } = batchRequests(entries, options);
+  runSync(batchPlan(requests, durable));
+}
+
+export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptions): Promise<void> {
+  let batch: ReturnType<typeof batchRequests>;
+  try {
+    batch = batchRequests(entries, options);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return enqueue(batch.keys, () => runAsync(batchPlan(batch.requests, batch.durable)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,15 +538,78 @@ interface Target {
   existing?: fs.Stats;
 }
 
-const MAX_SYMLINKS = 40; // Linux's own limit for one path walk
+/** A temp file that holds the complete new contents, durably, under a hidden name. */
+interface Staged {
+  shown: string;
+  temp: string;
+  target: string;
+}
 
 function* writePlan(request: Request, chunks: Chunks): Plan<void> {
+  try {
+    const staged = yield* stage(request, chunks);
+    if (!staged) return; // ifChanged: the target already holds exactly these bytes
+    yield* replaceTarget(staged);
+    if (request.durable) yield* syncDirectory(dirname(staged.target));
+  } catch (error) {
+    throw blame(error, request.shown);
+  }
+}
+
+function* batchPlan(requests: Request[], durable: boolean): Plan<void> {
+  const staged: Staged[] = [];
+  try {
+    for (const request of requests) {
+      try {
+        const one = yield* stage(request, request.chunks());
+        if (one) staged.push(one);
+      } catch (error) {
+        throw blame(error, request.shown);
+      }
+    }
+  } catch (error) {
+    // Nothing was renamed yet: removing every temp leaves every target as it was.
+    for (const one of staged) yield* quietly("unlink", one.temp);
+    throw error;
+  }
+  const renamed: string[] = [];
+  const directories = new Set<string>();
+  let failure: unknown;
+  for (const [index, one] of staged.entries()) {
+    try {
+      yield* sys("rename", one.temp, one.target);
+    } catch (error) {
+      failure = blame(error, one.shown);
+      for (const rest of staged.slice(index)) yield* quietly("unlink", rest.temp);
+      break;
+    }
+    renamed.push(one.shown);
+    directories.add(dirname(one.target));
+  }
+  // Even after a failed rename, the renames that did happen are made durable.
+  for (const directory of durable ? directories : []) {
+    try {
+      yield* syncDirectory(directory);
+    } catch (error) {
+      failure ??= blame(error, directory);
+    }
+  }
+  if (failure === undefined) return;
+  if (renamed.length > 0) Object.assign(failure as object, { published: true, renamed });
+  throw failure;
+}
+
+/**
+ * Steps 1 to 5 (and the naming of an anonymous temp): a closed, fsynced temp beside the target,
+ * holding the whole new contents with their final owner and mode. Nothing visible has changed yet.
+ */
+function* stage(request: Request, chunks: Chunks): Plan<Staged | undefined> {
   const target = yield* resolveTarget(request.path);
   const mode = request.mode ?? (target.existing ? target.existing.mode & 0o7777 : undefined);
   let replay: Replay | undefined;
   if (request.ifChanged && target.existing) {
     const verdict = yield* compareWithTarget(target, chunks, request.length, mode);
-    if (verdict === "unchanged") return;
+    if (verdict === "unchanged") return undefined;
     replay = verdict;
   }
   const temp = yield* createTemp(target.path, mode);
@@ -475,17 +618,20 @@ function* writePlan(request: Request, chunks: Chunks): Plan<void> {
     yield* writeAll(temp.fd, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
     if (request.durable) yield* sys("fsync", temp.fd);
+    yield* nameTemp(temp, target.path, request.durable);
+    temp.open = false;
+    yield* sys("close", temp.fd);
   } catch (error) {
-    yield* quietly("close", temp.fd);
-    yield* quietly("unlink", temp.path);
+    if (temp.open) yield* quietly("close", temp.fd);
+    if (temp.path !== undefined) yield* quietly("unlink", temp.path);
     throw error;
   } finally {
     if (replay) yield* quietly("close", replay.fd);
   }
-  yield* sys("close", temp.fd);
-  yield* replaceTarget(temp.path, target.path);
-  if (request.durable) yield* syncDirectory(dirname(target.path));
+  return { shown: request.shown, temp: temp.path as string, target: target.path };
 }
+
+const MAX_SYMLINKS = 40; // Linux's own limit for one path walk
 
 /** Step 1: follow symlinks to the file that will really be replaced. */
 function* resolveTarget(path: string): Plan<Target> {
@@ -515,26 +661,54 @@ function* resolveTarget(path: string): Plan<Target> {
 
 interface Temp {
   fd: number;
-  path: string;
+  /** Its name; undefined while it is an anonymous (O_TMPFILE) inode that no crash can leave behind. */
+  path?: string;
+  open: boolean;
 }
 
 const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 const NAME_ROOM = 64; // bytes of the target's name kept in the temp's name: far below any NAME_MAX
 
-/** Step 2: an exclusive, hidden temp in the target's own directory (a rename across filesystems is not atomic). */
+/** Step 2: an exclusive temp in the target's own directory (a rename across filesystems is not atomic). */
 function* createTemp(target: string, mode: number | undefined): Plan<Temp> {
   // Until step 4, the temp is never readable by anyone the final file will not admit; with no
   // mode to keep, 0o666 lets the kernel apply the umask and default ACLs as a plain create would.
   const createMode = mode === undefined ? 0o666 : mode & 0o600;
+  const directory = dirname(target);
+  if (anonymousTempsAllowed(directory)) {
+    try {
+      return { fd: yield* sys("openAnonymous", directory, createMode), open: true };
+    } catch (error) {
+      if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
+      directoryTraits(directory).anonymous = false;
+    }
+  }
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path };
+      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path, open: true };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
     }
   }
+}
+
+/** Gives an anonymous temp its hidden name, just before the rename that needs one. */
+function* nameTemp(temp: Temp, target: string, durable: boolean): Plan<void> {
+  if (temp.path !== undefined) return;
+  for (let attempt = 0; ; attempt++) {
+    const path = tempName(target);
+    try {
+      yield* sys("linkAnonymous", temp.fd, path);
+      temp.path = path;
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
+    }
+  }
+  // btrfs may not persist an fsync of a file that had no name yet: flush it again now it has one.
+  if (durable && (yield* onBtrfs(dirname(target)))) yield* sys("fdatasync", temp.fd);
 }
 
 function tempName(target: string): string {
@@ -589,11 +763,11 @@ function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined
 }
 
 /** Step 6, with clean-up: a failed rename leaves the temp behind unless it is removed here. */
-function* replaceTarget(temp: string, target: string): Plan<void> {
+function* replaceTarget(staged: Staged): Plan<void> {
   try {
-    yield* sys("rename", temp, target);
+    yield* sys("rename", staged.temp, staged.target);
   } catch (error) {
-    yield* quietly("unlink", temp);
+    yield* quietly("unlink", staged.temp);
     throw error;
   }
 }
@@ -611,6 +785,100 @@ function* syncDirectory(directory: string): Plan<void> {
     (error as AtomicWriteError).published = true;
     throw error;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anonymous temps (Linux, Bun): an O_TMPFILE inode has no name until it is complete, so a
+// kill -9 or a power cut mid-write leaves nothing behind. Elsewhere, named temps are used.
+
+const O_TMPFILE = 0o20200000; // x86-64 and aarch64 (node:fs does not export it)
+const O_CLOEXEC = 0o2000000; // so a child spawned meanwhile does not inherit the temp
+const AT_FDCWD = -100;
+const AT_SYMLINK_FOLLOW = 0x400;
+const BTRFS_MAGIC = 0x9123683e;
+/** What open(O_TMPFILE) answers where the kernel or the file system does not support it. */
+const NO_ANONYMOUS_TEMPS: ReadonlySet<string> = new Set(["EOPNOTSUPP", "ENOTSUP", "EISDIR", "EINVAL", "ENOSYS"]);
+
+interface AnonymousFiles {
+  open(directory: string, mode: number): number;
+  link(fd: number, path: string): void;
+}
+
+let libc: AnonymousFiles | null | undefined;
+
+/** libc through bun:ffi, loaded on first use; null where it cannot be had (Node, no libc, ...). */
+function anonymousFiles(): AnonymousFiles {
+  if (libc === undefined) libc = loadLibc();
+  if (libc === null) throw systemError("ENOSYS", "anonymous temp files are unavailable", "open", undefined);
+  return libc;
+}
+
+function loadLibc(): AnonymousFiles | null {
+  if (process.platform !== "linux" || !["x64", "arm64"].includes(process.arch) || !process.versions.bun) return null;
+  try {
+    const ffi = import.meta.require("bun:ffi") as typeof import("bun:ffi");
+    const { FFIType, dlopen, read } = ffi;
+    const { symbols } = dlopen("libc.so.6", {
+      open: { args: [FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
+      linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+      __errno_location: { args: [], returns: FFIType.ptr },
+    });
+    const failure = (syscall: string, path: string) => {
+      const errno = read.i32(symbols.__errno_location() as NonNullable<ReturnType<typeof symbols.__errno_location>>, 0);
+      const [code, text] = getSystemErrorMap().get(-errno) ?? ["EIO", "i/o error"];
+      return systemError(code, text, syscall, path);
+    };
+    const flags = O_TMPFILE | O_CLOEXEC | fs.constants.O_WRONLY;
+    return {
+      open(directory, mode) {
+        const fd = symbols.open(cString(directory), flags, mode);
+        if (fd < 0) throw failure("open", directory);
+        return fd;
+      },
+      link(fd, path) {
+        const from = `/proc/self/fd/${fd}`;
+        if (symbols.linkat(AT_FDCWD, cString(from), AT_FDCWD, cString(path), AT_SYMLINK_FOLLOW) < 0) {
+          throw failure("linkat", path);
+        }
+      },
+    };
+  } catch {
+    return null;
+  }
+}
+
+function cString(text: string): Buffer {
+  return Buffer.from(`${text}\0`);
+}
+
+interface DirectoryTraits {
+  anonymous: boolean;
+  btrfs?: boolean;
+}
+
+const traits = new Map<string, DirectoryTraits>();
+
+/** What a directory's file system supports, probed once and remembered. */
+function directoryTraits(directory: string): DirectoryTraits {
+  let known = traits.get(directory);
+  if (!known) {
+    if (traits.size >= 4096) traits.clear(); // a bound, for programs that write to endless directories
+    known = { anonymous: true };
+    traits.set(directory, known);
+  }
+  return known;
+}
+
+function anonymousTempsAllowed(directory: string): boolean {
+  if (process.env.ATOMIC_WRITE_TMPFILE === "0") return false; // forced named temps, for tests and users
+  if (libc === undefined) libc = loadLibc();
+  return libc !== null && directoryTraits(directory).anonymous;
+}
+
+function* onBtrfs(directory: string): Plan<boolean> {
+  const known = directoryTraits(directory);
+  known.btrfs ??= (yield* sys("statfsType", directory)) === BTRFS_MAGIC;
+  return known.btrfs;
 }
 
 // ---------------------------------------------------------------------------------------------
