@@ -774,6 +774,7 @@ function* replaceTarget(staged: Staged): Plan<void> {
 
 /** Step 7: makes the rename itself durable. The data is already in place, so failures say so. */
 function* syncDirectory(directory: string): Plan<void> {
+  if (process.platform === "win32") return; // Windows cannot open a directory for fsync: NTFS journals renames
   try {
     const fd = yield* sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
     try {
