@@ -86,7 +86,7 @@ async function main(args: string[]): Promise<number> {
     command = parse(args);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`atomic-write: ${error.message}\nTry 'atomic-write --help'.\n`);
+    process.stderr.write(`atomic-write: ${error.message} (try 'atomic-write --help')\n`);
     return 2;
   }
   if (command.kind === "help") {
