@@ -176,3 +176,13 @@ export function asUser(uid: number | undefined): string[] {
   if (uid === undefined) return [];
   return ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--"];
 }
+
+/**
+ * Compiles cli.ts into a fresh `atomic-write` binary in a new temp dir and returns its path. Tests
+ * build their own rather than trust dist/, which may predate the source under test.
+ */
+export function compileCli(): string {
+  const binary = join(tempDir("bin-"), "atomic-write");
+  run(BUN, ["build", "--compile", "--minify", join(ROOT, "cli.ts"), "--outfile", binary]);
+  return binary;
+}
