@@ -118,7 +118,9 @@ function textRequest(path: fs.PathLike, data: unknown, options: unknown): Reques
   const base = baseRequest(path, options);
   if (typeof data !== "string") throw new TypeError(`data must be a string, got ${describe(data)}`);
   const encoding = encodingOf(options);
-  return { ...base, chunks: () => textChunks(data, encoding), length: Buffer.byteLength(data, encoding) };
+  // The byte count only serves ifChanged, and counting a huge string costs a full pass over it.
+  const length = base.ifChanged ? Buffer.byteLength(data, encoding) : undefined;
+  return { ...base, chunks: () => textChunks(data, encoding), length };
 }
 
 function bytesRequest(path: fs.PathLike, data: unknown, options: unknown): Request {
@@ -548,7 +550,7 @@ interface Staged {
 function* writePlan(request: Request, chunks: Chunks): Plan<void> {
   try {
     const staged = yield* stage(request, chunks);
-    if (!staged) return; // ifChanged: the target already holds exactly these bytes
+    if (!staged) return;
     yield* replaceTarget(staged);
     if (request.durable) yield* syncDirectory(dirname(staged.target));
   } catch (error) {
@@ -606,12 +608,23 @@ function* batchPlan(requests: Request[], durable: boolean): Plan<void> {
 function* stage(request: Request, chunks: Chunks): Plan<Staged | undefined> {
   const target = yield* resolveTarget(request.path);
   const mode = request.mode ?? (target.existing ? target.existing.mode & 0o7777 : undefined);
-  let replay: Replay | undefined;
-  if (request.ifChanged && target.existing) {
-    const verdict = yield* compareWithTarget(target, chunks, request.length, mode);
-    if (verdict === "unchanged") return undefined;
-    replay = verdict;
+  const replay =
+    request.ifChanged && target.existing ? yield* compareWithTarget(target, chunks, request.length, mode) : undefined;
+  if (replay === "unchanged") return undefined; // ifChanged: the target already holds exactly these bytes
+  try {
+    return yield* stageTemp(request, target, mode, chunks, replay);
+  } finally {
+    if (replay) yield* quietly("close", replay.fd);
   }
+}
+
+function* stageTemp(
+  request: Request,
+  target: Target,
+  mode: number | undefined,
+  chunks: Chunks,
+  replay: Replay | undefined,
+): Plan<Staged> {
   const temp = yield* createTemp(target.path, mode);
   try {
     if (replay) yield* copyPrefix(replay, temp.fd);
@@ -625,8 +638,6 @@ function* stage(request: Request, chunks: Chunks): Plan<Staged | undefined> {
     if (temp.open) yield* quietly("close", temp.fd);
     if (temp.path !== undefined) yield* quietly("unlink", temp.path);
     throw error;
-  } finally {
-    if (replay) yield* quietly("close", replay.fd);
   }
   return { shown: request.shown, temp: temp.path as string, target: target.path };
 }
