@@ -1,0 +1,721 @@
+/**
+ * The main contract suite (SPEC.md: "Library API", "Errors", and steps 1–4 of "The write protocol"):
+ * contents, modes, ownership, argument errors, every error code produced for real, and symlinks,
+ * each checked for all four write functions, sync and async alike. Concurrency, the CLI, durability
+ * and `ifChanged` have suites of their own.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import type { BytesLike } from "./index.ts";
+import * as lib from "./index.ts";
+import {
+  type ChildWrite,
+  cleanup,
+  fillDisk,
+  has,
+  isRoot,
+  modeOf,
+  mountTmpfs,
+  NOBODY,
+  remount,
+  snapshot,
+  tempDir,
+  tempResidue,
+  writeInChild,
+} from "./test/helpers.ts";
+
+// Relative symlinks resolved from the working directory instead of the link's own directory would
+// write here: an empty scratch directory, checked by the tests, rather than the repository.
+const home = process.cwd();
+const scratchCwd = tempDir("cwd-");
+beforeAll(() => process.chdir(scratchCwd));
+afterAll(() => process.chdir(home));
+afterAll(cleanup);
+
+// ---------------------------------------------------------------------------------------------
+// The four functions, driven through one table so every contract holds for each of them.
+
+/** The argument-error tests must pass what the signatures refuse, so calls go through this loose type. */
+type Loose = (path: unknown, data: unknown, options?: unknown) => unknown;
+
+interface Variant {
+  name: ChildWrite["fn"];
+  kind: "text" | "bytes";
+  isAsync: boolean;
+  fn: Loose;
+}
+
+const VARIANTS: Variant[] = [
+  { name: "atomicWriteText", kind: "text", isAsync: false, fn: lib.atomicWriteText as Loose },
+  { name: "atomicWriteTextAsync", kind: "text", isAsync: true, fn: lib.atomicWriteTextAsync as Loose },
+  { name: "atomicWriteBytes", kind: "bytes", isAsync: false, fn: lib.atomicWriteBytes as Loose },
+  { name: "atomicWriteBytesAsync", kind: "bytes", isAsync: true, fn: lib.atomicWriteBytesAsync as Loose },
+];
+const rows = (variants: Variant[]) => variants.map((v) => [v.name, v] as const);
+const TEXT = VARIANTS.filter((v) => v.kind === "text");
+const BYTES = VARIANTS.filter((v) => v.kind === "bytes");
+
+/** What each function takes for `text`: the string itself, or its UTF-8 bytes. */
+function payload(v: Variant, text: string): string | Buffer {
+  return v.kind === "text" ? text : Buffer.from(text, "utf8");
+}
+
+/** The same, as `test/fixtures/write-child.ts` expects it (base64 for the bytes functions). */
+function childPayload(v: Variant, text: string): string {
+  return v.kind === "text" ? text : Buffer.from(text, "utf8").toString("base64");
+}
+
+/** A successful call: a sync function returns nothing, an async one a promise that resolves. */
+async function put(v: Variant, path: unknown, data: unknown, options?: unknown): Promise<void> {
+  const returned = v.fn(path, data, options);
+  if (v.isAsync) {
+    expect(returned).toBeInstanceOf(Promise);
+    await returned;
+  } else {
+    expect(returned).toBeUndefined();
+  }
+  if (typeof path === "string") expect(tempResidue(join(path, ".."))).toEqual([]);
+}
+
+interface Failure {
+  name?: string;
+  code?: string;
+  message?: string;
+  published?: unknown;
+}
+
+/** A call that must fail: a sync function throws, an async one rejects (and never throws). */
+async function failure(v: Variant, path: unknown, data: unknown, options?: unknown): Promise<Failure> {
+  let returned: unknown;
+  try {
+    returned = v.fn(path, data, options);
+  } catch (error) {
+    if (v.isAsync) throw new Error(`${v.name} threw synchronously instead of rejecting: ${error}`);
+    expect(error).toBeInstanceOf(Error);
+    return error as Failure;
+  }
+  if (!v.isAsync) throw new Error(`${v.name} returned instead of throwing`);
+  expect(returned).toBeInstanceOf(Promise);
+  try {
+    await returned;
+  } catch (error) {
+    expect(error).toBeInstanceOf(Error);
+    return error as Failure;
+  }
+  throw new Error(`${v.name} resolved instead of rejecting`);
+}
+
+interface Expectation {
+  /** The path exactly as the caller gave it: the message must name it. */
+  path: string;
+  codes: string[];
+  /** Directories whose every entry must be as it was (no temp left, nothing replaced). */
+  watch: string[];
+  /** An existing file that must keep its bytes and mode. */
+  target?: string;
+}
+
+/** The full failure-path check: right code, the caller's path named, nothing on disk changed. */
+async function expectFailsCleanly(attempt: () => Promise<Failure> | Failure, want: Expectation): Promise<void> {
+  const before = want.watch.map((dir) => snapshot(dir));
+  const old =
+    want.target === undefined ? undefined : { bytes: fs.readFileSync(want.target), mode: modeOf(want.target) };
+  const error = await attempt();
+  expect(want.codes).toContain(error.code as string);
+  expect(error.message).toContain(want.path);
+  // "Not written" carries no `published` flag at all (SPEC: Errors).
+  expect(error.published).toBeUndefined();
+  if (want.target !== undefined && old !== undefined) {
+    expectFileBytes(want.target, old.bytes);
+    expect(modeOf(want.target)).toBe(old.mode);
+  }
+  expect(want.watch.map((dir) => snapshot(dir))).toEqual(before);
+}
+
+/** Compares contents by length and first differing offset, so a 20 MiB mismatch prints one line. */
+function expectFileBytes(path: string, want: Uint8Array): void {
+  const got = fs.readFileSync(path);
+  let firstDifference = -1;
+  if (!got.equals(want)) {
+    firstDifference = 0;
+    while (got[firstDifference] === want[firstDifference]) firstDifference++;
+  }
+  expect({ length: got.length, firstDifference }).toEqual({ length: want.byteLength, firstDifference: -1 });
+}
+
+async function withUmaskAsync(mask: number, body: () => Promise<void>): Promise<void> {
+  const previous = process.umask(mask);
+  try {
+    await body();
+  } finally {
+    process.umask(previous);
+  }
+}
+
+function readUmask(): number {
+  const mask = process.umask(0);
+  process.umask(mask);
+  return mask;
+}
+
+/** A regular file with exactly these bytes and this mode (chmod, so no umask in the way). */
+function plant(path: string, contents: string | Uint8Array, mode = 0o644): void {
+  fs.writeFileSync(path, contents);
+  fs.chmodSync(path, mode);
+}
+
+const hex = (text: string) => Buffer.from(text, "hex");
+
+// ---------------------------------------------------------------------------------------------
+
+describe("the exports", () => {
+  test("the specification's names are the very same function objects", () => {
+    expect(lib.atomic_write_text).toBe(lib.atomicWriteText);
+    expect(lib.atomic_write_bytes).toBe(lib.atomicWriteBytes);
+  });
+});
+
+// Expected bytes are written out by hand from the encodings' definitions, not computed by Buffer.
+const ENCODED: [encoding: string, text: string, bytes: string][] = [
+  ["utf8", "aé😀\r\n", "61c3a9f09f98800d0a"],
+  ["utf-8", "aé😀\r\n", "61c3a9f09f98800d0a"],
+  ["UTF-8", "日\n", "e697a50a"],
+  ["utf16le", "aé😀", "6100e9003dd800de"],
+  ["utf-16le", "aé😀", "6100e9003dd800de"],
+  ["ucs2", "aé😀", "6100e9003dd800de"],
+  ["ucs-2", "a\r\n", "61000d000a00"],
+  ["latin1", "aéÿ\r\n", "61e9ff0d0a"],
+  ["binary", "aéÿ\r\n", "61e9ff0d0a"],
+  ["ascii", "abc\r\n~", "6162630d0a7e"],
+  ["base64", "AP8Q+/8=", "00ff10fbff"],
+  ["base64url", "AP8Q-_8", "00ff10fbff"],
+  ["hex", "00ff10FB", "00ff10fb"],
+];
+
+/** index.ts encodes long strings this many UTF-16 units at a time (TEXT_PIECE). */
+const PIECE = 256 * 1024;
+
+/** Astral characters whose surrogate halves sit on either side of each of the first piece boundaries. */
+const STRADDLING = `${"x".repeat(PIECE - 1)}😀${"é".repeat(PIECE - 2)}😀${"日".repeat(PIECE - 2)}😀tail`;
+/** Odd length before an all-astral run: every even boundary, whatever the piece size, splits a pair. */
+const ALL_ASTRAL = `x${"😀".repeat(300_000)}`;
+
+/**
+ * Every contract below holds for both kinds of temp file (SPEC: "both paths are tested on every run"):
+ * the anonymous O_TMPFILE inode the library prefers on Linux, and the named temp it falls back to.
+ * The library reads the variable on every call, and child processes inherit it.
+ */
+const TEMP_KINDS = [
+  ["anonymous O_TMPFILE temps (the default on Linux)", undefined],
+  ["named temps (ATOMIC_WRITE_TMPFILE=0)", "0"],
+] as const;
+
+const namedTemps = () => process.env.ATOMIC_WRITE_TMPFILE === "0";
+
+describe.each(TEMP_KINDS)("with %s", (_kind, setting) => {
+  const saved = process.env.ATOMIC_WRITE_TMPFILE;
+  beforeAll(() => {
+    if (setting === undefined) delete process.env.ATOMIC_WRITE_TMPFILE;
+    else process.env.ATOMIC_WRITE_TMPFILE = setting;
+  });
+  afterAll(() => {
+    if (saved === undefined) delete process.env.ATOMIC_WRITE_TMPFILE;
+    else process.env.ATOMIC_WRITE_TMPFILE = saved;
+  });
+
+  describe.each(rows(TEXT))("%s writes text exactly as encoded", (_name, v) => {
+    test.each(ENCODED)("in %s, byte for byte", async (encoding, text, bytes) => {
+      const path = join(tempDir(), "out");
+      await put(v, path, text, { encoding });
+      expectFileBytes(path, hex(bytes));
+    });
+
+    test("in UTF-8 when no encoding is given, with no BOM added and none removed", async () => {
+      const dir = tempDir();
+      await put(v, join(dir, "plain"), "é😀\r\n");
+      expectFileBytes(join(dir, "plain"), hex("c3a9f09f98800d0a"));
+      await put(v, join(dir, "bom"), "\ufeffhi", { encoding: "utf8" });
+      expectFileBytes(join(dir, "bom"), hex("efbbbf6869"));
+    });
+
+    test.each([["utf8"], ["utf16le"], ["latin1"]])(
+      "in %s, for strings longer than one internal piece with astral characters on the piece boundaries",
+      async (encoding) => {
+        const enc = encoding as BufferEncoding;
+        // The fixture itself must straddle, or this test proves nothing.
+        expect(STRADDLING.charCodeAt(PIECE - 1)).toBe(0xd83d);
+        expect(STRADDLING.charCodeAt(PIECE)).toBe(0xde00);
+        const dir = tempDir();
+        await put(v, join(dir, "straddling"), STRADDLING, { encoding: enc });
+        expectFileBytes(join(dir, "straddling"), Buffer.from(STRADDLING, enc));
+        await put(v, join(dir, "astral"), ALL_ASTRAL, { encoding: enc });
+        expectFileBytes(join(dir, "astral"), Buffer.from(ALL_ASTRAL, enc));
+        if (enc === "utf8") {
+          // A split pair would show up as U+FFFD (ef bf bd) and change the length.
+          const written = fs.readFileSync(join(dir, "astral"));
+          expect(written.length).toBe(1 + 4 * 300_000);
+          expect(written.indexOf(hex("efbfbd"))).toBe(-1);
+        }
+      },
+    );
+  });
+
+  describe.each(rows(BYTES))("%s writes exactly the bytes of any bytes-like input", (_name, v) => {
+    const backing = new Uint8Array(64).map((_, i) => i * 3);
+    // Multi-byte views: the expected bytes are little-endian, as on every platform Bun runs on.
+    const inputs: [label: string, data: BytesLike, bytes: string][] = [
+      ["a Uint8Array", Uint8Array.of(0, 1, 127, 128, 255), "00017f80ff"],
+      ["a Buffer", Buffer.from("héllo", "utf8"), "68c3a96c6c6f"],
+      ["a subarray view (only its own bytes)", backing.subarray(10, 14), "1e212427"],
+      ["an ArrayBuffer", Uint8Array.of(9, 8, 7).buffer, "090807"],
+      ["a DataView over part of a buffer", new DataView(backing.buffer, 2, 3), "06090c"],
+      ["an Int16Array", Int16Array.of(1, -2, 0x7fff), "0100feffff7f"],
+      ["an Int16Array view at an offset", new Int16Array(backing.buffer, 4, 2), "0c0f1215"],
+      ["a Float64Array", Float64Array.of(1), "000000000000f03f"],
+    ];
+    test.each(inputs)("given %s", async (_label, data, bytes) => {
+      const path = join(tempDir(), "out");
+      await put(v, path, data);
+      expectFileBytes(path, hex(bytes));
+    });
+  });
+
+  describe.each(rows(VARIANTS))("%s replaces contents whole", (_name, v) => {
+    test("writes empty data as an empty file, new or over an existing one", async () => {
+      const dir = tempDir();
+      const empty = v.kind === "text" ? "" : new Uint8Array(0);
+      await put(v, join(dir, "new"), empty);
+      expect(fs.statSync(join(dir, "new")).size).toBe(0);
+      plant(join(dir, "old"), "old contents");
+      await put(v, join(dir, "old"), empty);
+      expect(fs.statSync(join(dir, "old")).size).toBe(0);
+    });
+
+    test("writes 20 MiB intact", async () => {
+      const path = join(tempDir(), "large");
+      plant(path, "previous");
+      if (v.kind === "text") {
+        const text = "é".repeat(10 * 1024 * 1024);
+        await put(v, path, text);
+        expectFileBytes(path, Buffer.from(text, "utf8"));
+      } else {
+        const bytes = randomBytes(20 * 1024 * 1024);
+        await put(v, path, bytes);
+        expectFileBytes(path, bytes);
+      }
+    });
+
+    test("leaves no tail of a longer file it replaces with a short one", async () => {
+      const path = join(tempDir(), "shrinks");
+      plant(path, "Z".repeat(1024 * 1024));
+      await put(v, path, payload(v, "short\n"));
+      expectFileBytes(path, Buffer.from("short\n"));
+    });
+
+    test("accepts the path as a string, a Buffer or a file: URL", async () => {
+      const dir = tempDir();
+      await put(v, join(dir, "as string"), payload(v, "one"));
+      await put(v, Buffer.from(join(dir, "as-buffer-é")), payload(v, "two"));
+      await put(v, pathToFileURL(join(dir, "as url #1 ü")), payload(v, "three"));
+      expectFileBytes(join(dir, "as string"), Buffer.from("one"));
+      expectFileBytes(join(dir, "as-buffer-é"), Buffer.from("two"));
+      expectFileBytes(join(dir, "as url #1 ü"), Buffer.from("three"));
+      expect(fs.readdirSync(dir).sort()).toEqual(["as string", "as url #1 ü", "as-buffer-é"]);
+    });
+
+    test("never modifies the caller's options object", async () => {
+      const dir = tempDir();
+      plant(join(dir, "existing"), "old", 0o640);
+      const extra = v.kind === "text" ? { encoding: "utf8" } : {};
+      // Frozen: an assignment inside the library throws. Compared: nothing added or changed.
+      const options = Object.freeze({ mode: 0o600, durable: true, ifChanged: false, ...extra });
+      const copy = structuredClone(options);
+      await put(v, join(dir, "new"), payload(v, "x"), options);
+      expect(options).toStrictEqual(copy);
+      const bare = {};
+      await put(v, join(dir, "existing"), payload(v, "y"), bare);
+      expect(bare).toStrictEqual({});
+      await put(v, join(dir, "existing"), payload(v, "z"), Object.freeze({}));
+      expect(modeOf(join(dir, "existing"))).toBe(0o640);
+    });
+  });
+
+  // ---------------------------------------------------------------------------------------------
+
+  describe.each(rows(VARIANTS))("%s gives the file the right mode and owner", (_name, v) => {
+    test("sets an explicit mode exactly, not filtered by the umask", async () => {
+      const dir = tempDir();
+      plant(join(dir, "existing"), "old", 0o4755);
+      await withUmaskAsync(0o077, async () => {
+        for (const mode of [0o666, 0o640, 0o4711, 0o2775, 0o1777, 0o000]) {
+          const path = join(dir, `new-${mode.toString(8)}`);
+          await put(v, path, payload(v, "data"), { mode });
+          expect([path, modeOf(path)]).toEqual([path, mode]);
+        }
+        await put(v, join(dir, "existing"), payload(v, "data"), { mode: 0o644 });
+        expect(modeOf(join(dir, "existing"))).toBe(0o644);
+      });
+    });
+
+    test("keeps an existing target's mode, setuid, setgid and sticky bits included", async () => {
+      const dir = tempDir();
+      for (const mode of [0o4755, 0o2750, 0o1644, 0o6711, 0o600, 0o444, 0o000]) {
+        const path = join(dir, `t-${mode.toString(8)}`);
+        plant(path, "old", mode);
+        await withUmaskAsync(0o077, () => put(v, path, payload(v, "new")));
+        expect([path, modeOf(path)]).toEqual([path, mode]);
+        expectFileBytes(path, Buffer.from("new"));
+      }
+    });
+
+    test("gives a new file 0o666 minus the umask, as a plain create would", async () => {
+      const dir = tempDir();
+      for (const mask of [0o022, 0o027, 0o002, 0o077]) {
+        const path = join(dir, `u-${mask.toString(8)}`);
+        await withUmaskAsync(mask, () => put(v, path, payload(v, "new")));
+        expect([path, modeOf(path)]).toEqual([path, 0o666 & ~mask]);
+      }
+    });
+
+    test.skipIf(!has("strace"))(
+      "never puts data in a temp that group or others may read when the final file is private (traced openat)",
+      () => {
+        const scenarios: { label: string; existing?: number; mode?: number; final: number }[] = [
+          { label: "existing 0o600 target", existing: 0o600, final: 0o600 },
+          { label: "existing 0o644 target made 0o600", existing: 0o644, mode: 0o600, final: 0o600 },
+          { label: "new file with mode 0o600", mode: 0o600, final: 0o600 },
+          { label: "new file with mode 0o640", mode: 0o640, final: 0o640 },
+        ];
+        for (const scenario of scenarios) {
+          const dir = tempDir();
+          const target = join(dir, "secret");
+          if (scenario.existing !== undefined) plant(target, "old", scenario.existing);
+          const log = join(tempDir("trace-"), "strace.log");
+          // umask 0 in the child: the kernel must not be what hides a too-wide temp mode.
+          const wrap = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=openat,umask", "-o", log];
+          const shell = ["sh", "-c", 'umask 000 && exec "$@"', "sh"];
+          const result = writeInChild(
+            {
+              fn: v.name,
+              path: target,
+              data: childPayload(v, "secret data"),
+              options: scenario.mode === undefined ? {} : { mode: scenario.mode },
+            },
+            { wrap: [...wrap, ...shell] },
+          );
+          expect([scenario.label, result.ok, result.message]).toEqual([scenario.label, true, undefined]);
+          expect([scenario.label, modeOf(target)]).toEqual([scenario.label, scenario.final]);
+          const trace = fs.readFileSync(log, "utf8");
+          expect(trace).toMatch(/umask\(0+\)/);
+          // Every file created in the target's directory (a named temp, or an O_TMPFILE on the directory).
+          const created = [...trace.matchAll(/openat\(AT_FDCWD, "([^"]+)", ([A-Z0-9_|]+), (0[0-7]*)/g)]
+            .filter((m) => m[1] === dir || (m[1] as string).startsWith(`${dir}/`))
+            .map((m) => ({ path: m[1], flags: m[2], mode: Number.parseInt(m[3] as string, 8) }));
+          expect([scenario.label, created.length > 0]).toEqual([scenario.label, true]);
+          // The kind of temp under test is really the one in use (else both runs test the same path).
+          const anonymous = created.filter((c) => c.flags?.includes("O_TMPFILE"));
+          if (namedTemps()) expect([scenario.label, anonymous]).toEqual([scenario.label, []]);
+          else expect([scenario.label, anonymous.length]).toEqual([scenario.label, 1]);
+          const wider = created.filter((c) => (c.mode & 0o077 & ~scenario.final) !== 0);
+          expect([scenario.label, wider]).toEqual([scenario.label, []]);
+        }
+      },
+    );
+
+    test.skipIf(!isRoot)(
+      "keeps an existing file's owner and group, and then its setuid/setgid bits (as root)",
+      async () => {
+        const dir = tempDir();
+        for (const mode of [0o644, 0o6755, 0o2750]) {
+          const path = join(dir, `owned-${mode.toString(8)}`);
+          plant(path, "old", mode);
+          fs.chownSync(path, 1234, 5678);
+          // A chown after the chmod would clear the setuid and setgid bits (Linux does so even for root).
+          fs.chmodSync(path, mode);
+          await put(v, path, payload(v, "new"));
+          const stat = fs.statSync(path);
+          expect({ uid: stat.uid, gid: stat.gid, mode: stat.mode & 0o7777 }).toEqual({ uid: 1234, gid: 5678, mode });
+          expectFileBytes(path, Buffer.from("new"));
+        }
+      },
+    );
+
+    test.skipIf(!isRoot)("still writes when the process may not keep the owner (unprivileged child)", () => {
+      const dir = tempDir();
+      fs.chownSync(dir, NOBODY, NOBODY);
+      const path = join(dir, "roots");
+      plant(path, "old", 0o644);
+      const result = writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { user: NOBODY });
+      expect([result.ok, result.message]).toEqual([true, undefined]);
+      expectFileBytes(path, Buffer.from("new"));
+      expect(modeOf(path)).toBe(0o644);
+      expect(fs.statSync(path).uid).toBe(NOBODY);
+      expect(tempResidue(dir)).toEqual([]);
+    });
+  });
+
+  // ---------------------------------------------------------------------------------------------
+
+  describe.each(rows(VARIANTS))("%s rejects bad arguments before touching the disk", (_name, v) => {
+    const good = v.kind === "text" ? "new" : Buffer.from("new");
+    const badData: [string, unknown][] =
+      v.kind === "text"
+        ? [
+            ["a number", 42],
+            ["null", null],
+            ["undefined", undefined],
+            ["an object", { toString: () => "text" }],
+            ["bytes", Buffer.from("text")],
+          ]
+        : [
+            ["a number", 42],
+            ["null", null],
+            ["a string", "text"],
+            ["a plain object", { length: 1, 0: 1 }],
+            ["an array of numbers", [1, 2]],
+          ];
+    const badModes: [string, unknown][] = [
+      ["a fraction", 1.5],
+      ["negative", -1],
+      ["above 0o7777", 0o10000],
+      ["a string", "644"],
+      ["NaN", Number.NaN],
+      ["Infinity", Number.POSITIVE_INFINITY],
+    ];
+
+    /** One bad call against a directory holding an existing target: an argument error, and no change. */
+    async function expectArgumentError(argument: string, path: unknown, data: unknown, options?: unknown) {
+      const dir = tempDir();
+      plant(join(dir, "target"), "old", 0o640);
+      const before = snapshot(dir);
+      const error = await failure(v, path ?? join(dir, "target"), data, options);
+      expect([error.name, error.message]).toEqual([
+        expect.stringMatching(/^(TypeError|RangeError)$/),
+        expect.any(String),
+      ]);
+      expect(error.message).toContain(argument);
+      expect(error.code === undefined || error.code.startsWith("ERR_")).toBe(true);
+      expect(snapshot(dir)).toEqual(before);
+    }
+
+    test.each(badData)("data that is %s: a TypeError naming data", (_label, data) =>
+      expectArgumentError("data", undefined, data),
+    );
+
+    test.each(badModes)("a mode that is %s: an error naming mode", (_label, mode) =>
+      expectArgumentError("mode", undefined, good, { mode }),
+    );
+
+    if (v.kind === "text") {
+      test.each([["utf-9"], [""], ["latin-1"]])("an unknown encoding %p: an error naming encoding", (encoding) =>
+        expectArgumentError("encoding", undefined, good, { encoding }),
+      );
+    }
+
+    test("an options argument that is not an object: an error naming options", () =>
+      expectArgumentError("options", undefined, good, 0o644));
+
+    const dirForPaths = tempDir();
+    const badPaths: [string, unknown][] = [
+      ["empty", ""],
+      ["an empty Buffer", Buffer.alloc(0)],
+      ["a string with a NUL byte", join(dirForPaths, "a\0b")],
+      ["a Buffer with a NUL byte", Buffer.from(join(dirForPaths, "a\0b"))],
+      ["a file: URL with an encoded NUL", new URL(`${pathToFileURL(dirForPaths).href}/a%00b`)],
+      ["a non-file URL", new URL("https://example.com/file.txt")],
+      ["a number", 42],
+    ];
+    test.each(badPaths)("a path that is %s: an error naming path", async (_label, path) => {
+      const before = snapshot(dirForPaths);
+      const error = await failure(v, path, good);
+      expect(["TypeError", "RangeError"]).toContain(error.name as string);
+      expect(error.message).toContain("path");
+      expect(snapshot(dirForPaths)).toEqual(before);
+    });
+  });
+
+  // ---------------------------------------------------------------------------------------------
+
+  describe.each(rows(VARIANTS))("%s fails with the right error and changes nothing", (_name, v) => {
+    const attempt =
+      (path: string, text = "new contents\n") =>
+      () =>
+        failure(v, path, payload(v, text));
+
+    test("ENOENT when the parent directory does not exist", async () => {
+      const dir = tempDir();
+      const path = join(dir, "missing", "target");
+      await expectFailsCleanly(attempt(path), { path, codes: ["ENOENT"], watch: [dir] });
+      const trailing = join(dir, "missing-too/");
+      await expectFailsCleanly(attempt(`${trailing}`), { path: trailing, codes: ["ENOENT", "ENOTDIR"], watch: [dir] });
+    });
+
+    test("EISDIR when the path is a directory, ends in / naming one, or is a link to one", async () => {
+      const dir = tempDir();
+      const sub = join(dir, "sub");
+      fs.mkdirSync(sub);
+      plant(join(sub, "inside"), "keep");
+      fs.symlinkSync("sub", join(dir, "link-to-dir"));
+      for (const path of [sub, `${sub}/`, join(dir, "link-to-dir")]) {
+        await expectFailsCleanly(attempt(path), { path, codes: ["EISDIR"], watch: [dir, sub] });
+      }
+    });
+
+    test("ENOTDIR when a parent component is a file, or the path is a file followed by /", async () => {
+      const dir = tempDir();
+      const file = join(dir, "file");
+      plant(file, "I am a file", 0o640);
+      for (const path of [join(file, "child"), `${file}/`]) {
+        await expectFailsCleanly(attempt(path), { path, codes: ["ENOTDIR"], watch: [dir], target: file });
+      }
+    });
+
+    test("ELOOP on a symlink loop", async () => {
+      const dir = tempDir();
+      fs.symlinkSync("b", join(dir, "a"));
+      fs.symlinkSync("a", join(dir, "b"));
+      fs.symlinkSync("self", join(dir, "self"));
+      for (const path of [join(dir, "a"), join(dir, "self")]) {
+        await expectFailsCleanly(attempt(path), { path, codes: ["ELOOP"], watch: [dir] });
+      }
+    });
+
+    test("ENAMETOOLONG on a 256-byte name, yet a 255-byte name is written (the temp name stays in bounds)", async () => {
+      const dir = tempDir();
+      for (const name of ["a".repeat(256), "é".repeat(128)]) {
+        const path = join(dir, name);
+        await expectFailsCleanly(attempt(path), { path, codes: ["ENAMETOOLONG"], watch: [dir] });
+      }
+      for (const name of ["b".repeat(255), "日".repeat(85), `${"c".repeat(253)}é`]) {
+        expect(Buffer.byteLength(name)).toBe(255);
+        const path = join(dir, name);
+        await put(v, path, payload(v, "first"));
+        await put(v, path, payload(v, "second"));
+        expectFileBytes(path, Buffer.from("second"));
+      }
+      expect(tempResidue(dir)).toEqual([]);
+    });
+
+    test.skipIf(!isRoot)("EROFS on a read-only file system, the existing target kept", async () => {
+      const mount = mountTmpfs(64);
+      const path = join(mount, "target");
+      plant(path, "old contents", 0o640);
+      remount(mount, "ro");
+      await expectFailsCleanly(attempt(path), { path, codes: ["EROFS"], watch: [mount], target: path });
+    });
+
+    test.skipIf(!isRoot)("ENOSPC when the disk is full, the existing target kept", async () => {
+      const mount = mountTmpfs(256);
+      const path = join(mount, "target");
+      plant(path, "old contents", 0o640);
+      fillDisk(mount);
+      await expectFailsCleanly(attempt(path, "x".repeat(64 * 1024)), {
+        path,
+        codes: ["ENOSPC"],
+        watch: [mount],
+        target: path,
+      });
+    });
+
+    test.skipIf(!isRoot)("EACCES for an unprivileged user in a directory it may not write", async () => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      // The file itself is writable by anyone: only the directory stands in the way of a temp.
+      plant(path, "old contents", 0o666);
+      await expectFailsCleanly(
+        () => writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { user: NOBODY }),
+        {
+          path,
+          codes: ["EACCES", "EPERM"],
+          watch: [dir],
+          target: path,
+        },
+      );
+    });
+  });
+
+  // ---------------------------------------------------------------------------------------------
+
+  describe.each(rows(VARIANTS))("%s writes through symlinks", (_name, v) => {
+    function expectLink(link: string, pointsTo: string): void {
+      expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+      expect(fs.readlinkSync(link)).toBe(pointsTo);
+    }
+
+    test("replaces the link's target and leaves the link a link, with the target's mode", async () => {
+      const dir = tempDir();
+      plant(join(dir, "real"), "old", 0o640);
+      fs.symlinkSync("real", join(dir, "link"));
+      await put(v, join(dir, "link"), payload(v, "new"));
+      expectLink(join(dir, "link"), "real");
+      expectFileBytes(join(dir, "real"), Buffer.from("new"));
+      expect(modeOf(join(dir, "real"))).toBe(0o640);
+      expect(fs.readdirSync(dir).sort()).toEqual(["link", "real"]);
+    });
+
+    test("follows a chain of absolute and relative links to the final file", async () => {
+      const dir = tempDir();
+      plant(join(dir, "real"), "old", 0o600);
+      fs.symlinkSync(join(dir, "real"), join(dir, "l3"));
+      fs.symlinkSync("l3", join(dir, "l2"));
+      fs.symlinkSync(join(dir, "l2"), join(dir, "l1"));
+      await put(v, join(dir, "l1"), payload(v, "new"));
+      expectLink(join(dir, "l1"), join(dir, "l2"));
+      expectLink(join(dir, "l2"), "l3");
+      expectLink(join(dir, "l3"), join(dir, "real"));
+      expectFileBytes(join(dir, "real"), Buffer.from("new"));
+      expect(modeOf(join(dir, "real"))).toBe(0o600);
+      expect(fs.readdirSync(dir).sort()).toEqual(["l1", "l2", "l3", "real"]);
+    });
+
+    test("resolves each relative link from its own directory, not the working directory", async () => {
+      const dir = tempDir();
+      fs.mkdirSync(join(dir, "a"));
+      fs.mkdirSync(join(dir, "b"));
+      plant(join(dir, "b", "real"), "old");
+      fs.symlinkSync("../b/l2", join(dir, "a", "l1"));
+      fs.symlinkSync("real", join(dir, "b", "l2"));
+      await put(v, join(dir, "a", "l1"), payload(v, "new"));
+      expectFileBytes(join(dir, "b", "real"), Buffer.from("new"));
+      expectLink(join(dir, "a", "l1"), "../b/l2");
+      expectLink(join(dir, "b", "l2"), "real");
+      expect(fs.readdirSync(join(dir, "a"))).toEqual(["l1"]);
+      expect(fs.readdirSync(join(dir, "b")).sort()).toEqual(["l2", "real"]);
+      expect(fs.readdirSync(dir).sort()).toEqual(["a", "b"]);
+      expect(fs.readdirSync(scratchCwd)).toEqual([]);
+    });
+
+    test("creates the missing target of a dangling link (through a chain too)", async () => {
+      const dir = tempDir();
+      fs.symlinkSync("made.txt", join(dir, "dangling"));
+      fs.symlinkSync("dangling", join(dir, "to-dangling"));
+      await put(v, join(dir, "to-dangling"), payload(v, "created"));
+      expectLink(join(dir, "dangling"), "made.txt");
+      expectLink(join(dir, "to-dangling"), "dangling");
+      expectFileBytes(join(dir, "made.txt"), Buffer.from("created"));
+      expect(modeOf(join(dir, "made.txt"))).toBe(0o666 & ~readUmask());
+      expect(fs.readdirSync(dir).sort()).toEqual(["dangling", "made.txt", "to-dangling"]);
+    });
+
+    test.skipIf(!isRoot)(
+      "puts the temp beside the real target in another directory, never in the link's (read-only) one",
+      async () => {
+        const links = mountTmpfs(64);
+        const real = tempDir();
+        plant(join(real, "file"), "old", 0o640);
+        fs.symlinkSync(join(real, "file"), join(links, "link"));
+        // A temp created next to the link, on this file system, would now fail with EROFS.
+        remount(links, "ro");
+        const before = snapshot(links);
+        await put(v, join(links, "link"), payload(v, "new"));
+        expectFileBytes(join(real, "file"), Buffer.from("new"));
+        expect(modeOf(join(real, "file"))).toBe(0o640);
+        expect(fs.readdirSync(real)).toEqual(["file"]);
+        expect(snapshot(links)).toEqual(before);
+      },
+    );
+  });
+});
