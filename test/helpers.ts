@@ -3,6 +3,7 @@
  * children (setpriv), write requests run in a child process, and snapshots of a directory that
  * prove a failed write changed nothing.
  */
+import { afterAll, beforeAll } from "bun:test";
 import { type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -185,4 +186,28 @@ export function compileCli(): string {
   const binary = join(tempDir("bin-"), "atomic-write");
   run(BUN, ["build", "--compile", "--minify", join(ROOT, "cli.ts"), "--outfile", binary]);
   return binary;
+}
+
+/**
+ * The two temp protocols (anonymous O_TMPFILE inode, named hidden temp). SPEC wants both run on
+ * every run, so suites repeat their write tests under each: `describe.each(TEMP_KINDS)` plus
+ * `useTempKind(kind.env)` inside. The value is ATOMIC_WRITE_TMPFILE's, read by the library per call.
+ */
+export const TEMP_KINDS: { name: string; env: string | undefined }[] = [
+  { name: "anonymous temps", env: undefined },
+  { name: "named temps (ATOMIC_WRITE_TMPFILE=0)", env: "0" },
+];
+
+/** Sets ATOMIC_WRITE_TMPFILE for the tests of the enclosing describe block, and restores it after. */
+export function useTempKind(env: string | undefined): void {
+  const set = (value: string | undefined) => {
+    if (value === undefined) delete process.env.ATOMIC_WRITE_TMPFILE;
+    else process.env.ATOMIC_WRITE_TMPFILE = value;
+  };
+  let before: string | undefined;
+  beforeAll(() => {
+    before = process.env.ATOMIC_WRITE_TMPFILE;
+    set(env);
+  });
+  afterAll(() => set(before));
 }

@@ -1,0 +1,304 @@
+/**
+ * The options of every write function (SPEC "Beyond the seed"): `ifChanged` (an identical write
+ * touches nothing, not even a watcher; any difference writes normally) and `durable: false` (no
+ * fsync or fdatasync at all, seen in a syscall trace, yet the right contents).
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import { join } from "node:path";
+import {
+  atomicWriteBytes,
+  atomicWriteBytesAsync,
+  atomicWriteStream,
+  atomicWriteText,
+  atomicWriteTextAsync,
+  type WriteOptions,
+} from "../index.ts";
+import {
+  type ChildWrite,
+  cleanup,
+  has,
+  modeOf,
+  snapshot,
+  TEMP_KINDS,
+  tempDir,
+  tempResidue,
+  useTempKind,
+  writeInChild,
+} from "./helpers.ts";
+
+afterAll(cleanup);
+
+const KIB = 1024;
+
+interface Writer {
+  name: ChildWrite["fn"];
+  write(path: string, data: string, options: WriteOptions): Promise<void>;
+}
+
+/** Every write function, called with UTF-8 text turned into its own kind of data. */
+const WRITERS: Writer[] = [
+  { name: "atomicWriteText", write: async (path, data, options) => atomicWriteText(path, data, options) },
+  {
+    name: "atomicWriteBytes",
+    write: async (path, data, options) => atomicWriteBytes(path, Buffer.from(data), options),
+  },
+  { name: "atomicWriteTextAsync", write: (path, data, options) => atomicWriteTextAsync(path, data, options) },
+  {
+    name: "atomicWriteBytesAsync",
+    write: (path, data, options) => atomicWriteBytesAsync(path, Buffer.from(data), options),
+  },
+  {
+    name: "atomicWriteStream",
+    write: (path, data, options) => {
+      const bytes = Buffer.from(data);
+      const third = Math.max(1, Math.ceil(bytes.length / 3));
+      async function* thirds() {
+        for (let at = 0; at < bytes.length; at += third) yield bytes.subarray(at, at + third);
+      }
+      return atomicWriteStream(path, thirds(), options);
+    },
+  },
+];
+
+const OLD_TIME = new Date("2001-02-03T04:05:06Z");
+
+/** A target holding `data` with mode 0o640 and an mtime far in the past, so any rewrite shows. */
+function target(data: string | Uint8Array): { dir: string; file: string } {
+  const dir = tempDir("opts-");
+  const file = join(dir, "out.txt");
+  fs.writeFileSync(file, data);
+  fs.chmodSync(file, 0o640);
+  fs.utimesSync(file, OLD_TIME, OLD_TIME);
+  return { dir, file };
+}
+
+/** Inode, times and mode, in nanoseconds: what an untouched file keeps. */
+function identity(file: string) {
+  const stat = fs.statSync(file, { bigint: true });
+  return { ino: stat.ino, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs, mode: stat.mode & 0o7777n };
+}
+
+/** A real inotify watch (fs.watch) on a directory, proven live before it is relied on. */
+async function watchDirectory(dir: string) {
+  const events: string[] = [];
+  const watcher = fs.watch(dir, (type, name) => events.push(`${type} ${name}`));
+  const until = async (seen: () => boolean, ms: number) => {
+    for (const deadline = Date.now() + ms; !seen() && Date.now() < deadline; ) await Bun.sleep(10);
+    return seen();
+  };
+  fs.writeFileSync(join(dir, "probe"), "");
+  if (!(await until(() => events.some((event) => event.endsWith("probe")), 2000))) {
+    watcher.close();
+    throw new Error("fs.watch never reported the probe file: the watcher is not working");
+  }
+  events.length = 0;
+  return { events, until, close: () => watcher.close() };
+}
+
+/** Long enough for inotify to deliver an event of a write that did happen (it takes milliseconds). */
+const QUIET_MS = 200;
+
+describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
+  useTempKind(env);
+
+  for (const writer of WRITERS) {
+    test(`${writer.name}: identical bytes and mode keep inode, mtime and ctime, and wake no watcher`, async () => {
+      const content = "unchanged output\nwith ünïcödé\n";
+      const { dir, file } = target(content);
+      const watch = await watchDirectory(dir);
+      try {
+        const before = identity(file);
+        const state = snapshot(dir);
+        await writer.write(file, content, { ifChanged: true });
+        await writer.write(file, content, { ifChanged: true, mode: 0o640 }); // the same mode, said explicitly
+        await Bun.sleep(QUIET_MS);
+        expect(watch.events).toEqual([]);
+        expect(identity(file)).toEqual(before);
+        expect(snapshot(dir)).toEqual(state);
+
+        // The same watcher does see a write that changes something: its silence above meant something.
+        await writer.write(file, `${content}!`, { ifChanged: true });
+        expect(await watch.until(() => watch.events.length > 0, 2000)).toBe(true);
+        expect(fs.readFileSync(file, "utf8")).toBe(`${content}!`);
+        expect(identity(file).ino).not.toBe(before.ino);
+      } finally {
+        watch.close();
+      }
+    });
+
+    const differences: [string, string, string, number | undefined][] = [
+      ["the content differs at the same length", "hello, world", "hello, World", undefined],
+      ["the new content is longer", "hello, world", "hello, world, and more", undefined],
+      ["the new content is shorter", "hello, world", "hello", undefined],
+      ["the new content is empty", "hello, world", "", undefined],
+      ["only the explicit mode differs", "hello, world", "hello, world", 0o600],
+    ];
+    for (const [what, old, next, mode] of differences) {
+      test(`${writer.name}: writes normally when ${what}`, async () => {
+        const { dir, file } = target(old);
+        const before = identity(file);
+        await writer.write(file, next, mode === undefined ? { ifChanged: true } : { ifChanged: true, mode });
+        expect(fs.readFileSync(file, "utf8")).toBe(next);
+        expect(modeOf(file)).toBe(mode ?? 0o640);
+        const after = identity(file);
+        expect(after.ino).not.toBe(before.ino); // replaced by a new file, not patched in place
+        expect(after.mtimeNs).not.toBe(before.mtimeNs);
+        expect(tempResidue(dir)).toEqual([]);
+      });
+    }
+
+    test(`${writer.name}: writes a target that does not exist yet`, async () => {
+      const dir = tempDir("opts-");
+      const file = join(dir, "new.txt");
+      await writer.write(file, "fresh", { ifChanged: true });
+      expect(fs.readFileSync(file, "utf8")).toBe("fresh");
+    });
+  }
+
+  describe("a stream, compared chunk by chunk as it arrives", () => {
+    const CHUNK = 300 * KIB; // several compare pieces' worth of chunks, above the thread-pool threshold
+    const original = Buffer.alloc(8 * CHUNK + 1234);
+    for (let i = 0; i < original.length; i++) original[i] = (i * 13 + (i >> 10)) & 0xff;
+
+    function chunked(data: Buffer, sizes: number[]): () => AsyncGenerator<Uint8Array> {
+      return async function* () {
+        let at = 0;
+        for (const size of sizes) {
+          yield data.subarray(at, at + size);
+          at += size;
+        }
+        if (at < data.length) yield data.subarray(at);
+      };
+    }
+    const evenly = (data: Buffer) =>
+      chunked(
+        data,
+        Array.from({ length: Math.ceil(data.length / CHUNK) }, () => CHUNK),
+      );
+
+    test("with a difference in a late chunk, writes the full correct content", async () => {
+      const { file } = target(original);
+      const changed = Buffer.from(original);
+      changed[7 * CHUNK + 5000] = (changed[7 * CHUNK + 5000] as number) ^ 0xff;
+      const before = identity(file);
+      await atomicWriteStream(file, evenly(changed)(), { ifChanged: true });
+      expect(fs.readFileSync(file).equals(changed)).toBe(true);
+      expect(identity(file).ino).not.toBe(before.ino);
+    });
+
+    test("with a difference inside a chunk larger than the compare buffer, writes the full correct content", async () => {
+      const { file } = target(original);
+      const changed = Buffer.from(original);
+      changed[2 * 1024 * KIB + 17] = (changed[2 * 1024 * KIB + 17] as number) ^ 0x01;
+      await atomicWriteStream(file, chunked(changed, [1, 2, 3 * 1024 * KIB])(), { ifChanged: true });
+      expect(fs.readFileSync(file).equals(changed)).toBe(true);
+    });
+
+    test("identical bytes cut into different chunks leave the file untouched", async () => {
+      const { file } = target(original);
+      const before = identity(file);
+      await atomicWriteStream(file, chunked(original, [1, 7, 3 * 1024 * KIB, 5, CHUNK])(), { ifChanged: true });
+      expect(identity(file)).toEqual(before);
+    });
+
+    test("a stream that stops short of the target's end (a prefix of it) replaces it", async () => {
+      const { file } = target(original);
+      const prefix = original.subarray(0, 6 * CHUNK + 99);
+      await atomicWriteStream(file, evenly(Buffer.from(prefix))(), { ifChanged: true });
+      expect(fs.readFileSync(file).equals(prefix)).toBe(true);
+    });
+
+    test("a stream that goes on past the target's end replaces it", async () => {
+      const { file } = target(original);
+      const longer = Buffer.concat([original, Buffer.from("tail")]);
+      await atomicWriteStream(file, evenly(longer)(), { ifChanged: true });
+      expect(fs.readFileSync(file).equals(longer)).toBe(true);
+    });
+
+    test("a source that throws after a late difference leaves the target intact and no temp", async () => {
+      const { dir, file } = target(original);
+      const state = snapshot(dir);
+      const thrown = new Error("source failed after the difference");
+      async function* source() {
+        yield original.subarray(0, CHUNK);
+        yield Buffer.alloc(CHUNK, 1); // differs: from here on the write is real
+        yield Buffer.alloc(CHUNK, 2);
+        throw thrown;
+      }
+      let caught: unknown;
+      await atomicWriteStream(file, source(), { ifChanged: true }).catch((error) => {
+        caught = error;
+      });
+      expect(caught).toBe(thrown);
+      expect(snapshot(dir)).toEqual(state);
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// System calls, seen by strace in a child that makes one call.
+
+/** The child's syscalls of interest, one per line, with file descriptors shown as paths (-y). */
+function traced(request: ChildWrite, env: string | undefined): { ok: boolean; trace: string[] } {
+  const log = join(tempDir("trace-"), "strace.log");
+  const syscalls = "fsync,fdatasync,sync_file_range,syncfs,sync,msync,openat,open,rename,renameat,renameat2,linkat";
+  const result = writeInChild(request, {
+    wrap: ["strace", "-f", "-qq", "-y", "-o", log, "-e", `trace=${syscalls}`],
+    env: env === undefined ? {} : { ATOMIC_WRITE_TMPFILE: env },
+  });
+  if (!result.ok) throw new Error(`the traced write failed: ${result.message}`);
+  return { ok: result.ok, trace: fs.readFileSync(log, "utf8").split("\n") };
+}
+
+const FLUSH = /\b(fsync|fdatasync|sync_file_range|syncfs|sync|msync)\(/;
+
+/** The request for `fn` writing `text` (the child takes base64 for the bytes functions). */
+function childRequest(fn: ChildWrite["fn"], path: string, text: string, options: Record<string, unknown>) {
+  const data = fn.startsWith("atomicWriteBytes") ? Buffer.from(text).toString("base64") : text;
+  return { fn, path, data, options };
+}
+
+describe.skipIf(!has("strace"))("durable: false (strace in a child)", () => {
+  for (const { name: kind, env } of TEMP_KINDS) {
+    for (const { name } of WRITERS) {
+      test(`${name} with ${kind}: no fsync or fdatasync at all, and still the right content`, () => {
+        const { dir, file } = target("old contents");
+        const { trace } = traced(childRequest(name, file, "new contents", { durable: false }), env);
+        expect(trace.filter((line) => FLUSH.test(line))).toEqual([]);
+        // The trace did see the write itself, so its silence about flushes is not a blind spot.
+        expect(trace.some((line) => /rename/.test(line) && line.includes(file))).toBe(true);
+        expect(fs.readFileSync(file, "utf8")).toBe("new contents");
+        expect(modeOf(file)).toBe(0o640);
+        expect(tempResidue(dir)).toEqual([]);
+      });
+    }
+  }
+
+  for (const { name } of WRITERS) {
+    test(`${name} by default flushes the file and its directory (the check above can fail)`, () => {
+      const { dir, file } = target("old contents");
+      const { trace } = traced(childRequest(name, file, "new contents", {}), undefined);
+      const flushes = trace.filter((line) => FLUSH.test(line));
+      expect(flushes.length).toBeGreaterThanOrEqual(2);
+      expect(flushes.some((line) => line.includes(`<${dir}>`))).toBe(true); // the directory, by its fd
+      expect(fs.readFileSync(file, "utf8")).toBe("new contents");
+    });
+  }
+});
+
+describe.skipIf(!has("strace"))("ifChanged: true on an identical target (strace in a child)", () => {
+  for (const { name } of WRITERS) {
+    test(`${name}: makes no temp, no rename and no flush`, () => {
+      const { dir, file } = target("same contents");
+      const before = identity(file);
+      const { trace } = traced(childRequest(name, file, "same contents", { ifChanged: true }), undefined);
+      const inDir = trace.filter((line) => line.includes(dir));
+      expect(inDir.filter((line) => /O_CREAT|O_TMPFILE|O_WRONLY|O_RDWR|rename|linkat/.test(line))).toEqual([]);
+      expect(trace.filter((line) => FLUSH.test(line))).toEqual([]);
+      // It did look: the target was opened for reading, to compare.
+      expect(inDir.some((line) => line.includes(`"${file}"`) && line.includes("O_RDONLY"))).toBe(true);
+      expect(identity(file)).toEqual(before);
+    });
+  }
+});

@@ -1,0 +1,218 @@
+/**
+ * In-process ordering (SPEC "Beyond the seed"): async writes to one resolved file settle in call
+ * order and the file ends with the last call's data, however the path reaches the file. Calls
+ * rejected for bad arguments take no place in that order; sync writes never wait.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import { join } from "node:path";
+import {
+  atomicWriteBytesAsync,
+  atomicWriteManyAsync,
+  atomicWriteStream,
+  atomicWriteText,
+  atomicWriteTextAsync,
+} from "../index.ts";
+import { cleanup, TEMP_KINDS, tempDir, tempResidue, useTempKind } from "./helpers.ts";
+
+afterAll(cleanup);
+
+const KIB = 1024;
+
+/** Call `index`'s data: its number first, and every seventh large enough to go to the thread pool. */
+function dataOf(index: number): string {
+  const size = index % 7 === 0 ? 70 * KIB + index : 20 + (index % 300);
+  const head = `#${index}#`;
+  return head + "abcdefghijklmnopqrstuvwxyz".repeat(Math.ceil(size / 26)).slice(0, size - head.length);
+}
+
+/**
+ * Starts call `index` as text, bytes, a stream (that waits between chunks) or a batch, the kinds
+ * rotating so neighbouring calls take different routes and different times through the library.
+ */
+function startWrite(index: number, path: string, side: string): Promise<void> {
+  const data = dataOf(index);
+  const durable = index % 25 === 0; // some flush (slow, on the pool), most do not
+  switch (index % 4) {
+    case 0:
+      return atomicWriteTextAsync(path, data, { durable });
+    case 1:
+      return atomicWriteBytesAsync(path, Buffer.from(data), { durable });
+    case 2: {
+      const third = Math.ceil(data.length / 3);
+      async function* source() {
+        for (let at = 0; at < data.length; at += third) {
+          await Bun.sleep(0);
+          yield data.slice(at, at + third);
+        }
+      }
+      return atomicWriteStream(path, source(), { durable });
+    }
+    default:
+      return atomicWriteManyAsync(
+        [
+          { path, data },
+          { path: side, data: Buffer.from(data) },
+        ],
+        { durable },
+      );
+  }
+}
+
+interface Outcome {
+  /** Call numbers in the order their promises settled. */
+  settled: number[];
+  /** Calls whose file did not hold their own data when they settled (a later call landed first). */
+  overtaken: number[];
+  failures: unknown[];
+}
+
+/** Starts `count` overlapping writes, call i to `paths[i % paths.length]`, all reaching `file`. */
+async function overlappingWrites(count: number, paths: string[], file: string, side: string): Promise<Outcome> {
+  const outcome: Outcome = { settled: [], overtaken: [], failures: [] };
+  const calls: Promise<void>[] = [];
+  for (let index = 0; index < count; index++) {
+    const call = startWrite(index, paths[index % paths.length] as string, side);
+    calls.push(
+      call.then(
+        () => {
+          outcome.settled.push(index);
+          // Call i+1 starts only now, so the file must still hold exactly call i's data.
+          if (fs.readFileSync(file, "utf8") !== dataOf(index)) outcome.overtaken.push(index);
+        },
+        (error) => {
+          outcome.settled.push(index);
+          outcome.failures.push(error);
+        },
+      ),
+    );
+  }
+  await Promise.all(calls);
+  return outcome;
+}
+
+const inCallOrder = (count: number) => Array.from({ length: count }, (_, index) => index);
+
+describe.each(TEMP_KINDS)("async writes to one file, with $name,", ({ env }) => {
+  useTempKind(env);
+
+  test("1,000 overlapping writes to one path settle in call order and leave the last call's data", async () => {
+    const dir = tempDir("order-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    const outcome = await overlappingWrites(1000, [file], file, join(dir, "side"));
+    expect(outcome.failures).toEqual([]);
+    expect(outcome.settled).toEqual(inCallOrder(1000));
+    expect(outcome.overtaken).toEqual([]);
+    expect(fs.readFileSync(file, "utf8")).toBe(dataOf(999));
+    expect(tempResidue(dir)).toEqual([]);
+  });
+});
+
+// The order key does not depend on the temp protocol: these run once, with the default one.
+describe("async writes to one file reached by different paths", () => {
+  test("1,000 overlapping writes through two different symlinks to one file settle in call order", async () => {
+    const dir = tempDir("order-links-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    const relative = join(dir, "relative-link");
+    const absolute = join(dir, "absolute-link");
+    fs.symlinkSync("file.txt", relative);
+    fs.symlinkSync(file, absolute);
+    const outcome = await overlappingWrites(1000, [relative, absolute], file, join(dir, "side"));
+    expect(outcome.failures).toEqual([]);
+    expect(outcome.settled).toEqual(inCallOrder(1000));
+    expect(outcome.overtaken).toEqual([]);
+    expect(fs.readFileSync(file, "utf8")).toBe(dataOf(999));
+    expect(fs.readlinkSync(relative)).toBe("file.txt");
+    expect(fs.readlinkSync(absolute)).toBe(file);
+    expect(tempResidue(dir)).toEqual([]);
+  });
+
+  test("1,000 overlapping writes through a symlinked directory and a link in it settle in call order", async () => {
+    const dir = tempDir("order-dirs-");
+    const real = join(dir, "real");
+    fs.mkdirSync(real);
+    const file = join(real, "file.txt");
+    fs.writeFileSync(file, "before");
+    fs.symlinkSync("file.txt", join(real, "link"));
+    const elsewhere = tempDir("order-dirlink-");
+    const viaDirectory = join(elsewhere, "to-real");
+    fs.symlinkSync(real, viaDirectory);
+    const paths = [file, join(viaDirectory, "file.txt"), join(viaDirectory, "link"), `${real}/./file.txt`];
+    const outcome = await overlappingWrites(1000, paths, file, join(dir, "side"));
+    expect(outcome.failures).toEqual([]);
+    expect(outcome.settled).toEqual(inCallOrder(1000));
+    expect(outcome.overtaken).toEqual([]);
+    expect(fs.readFileSync(file, "utf8")).toBe(dataOf(999));
+    expect(fs.lstatSync(join(real, "link")).isSymbolicLink()).toBe(true);
+    expect(tempResidue(real)).toEqual([]);
+  });
+});
+
+describe("ordering around calls that are not queued", () => {
+  test("a call rejected for bad arguments takes no place in the order and holds up no one", async () => {
+    const dir = tempDir("order-bad-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    // Each is wrong before anything touches the disk; plain JS callers can pass all of them.
+    // biome-ignore lint/suspicious/noExplicitAny: deliberately ill-typed arguments
+    const loose = (fn: unknown) => fn as (...args: any[]) => Promise<void>;
+    const badCalls: (() => Promise<void>)[] = [
+      () => loose(atomicWriteTextAsync)(file, 42),
+      () => loose(atomicWriteBytesAsync)(file, "not bytes"),
+      () => atomicWriteTextAsync(file, "x", { mode: 0o10000 }),
+      () => loose(atomicWriteTextAsync)(file, "x", { encoding: "no-such-encoding" }),
+      () => loose(atomicWriteStream)(file, 42),
+      () => loose(atomicWriteBytesAsync)(file, Buffer.from("x"), { durable: "yes" }),
+      () => loose(atomicWriteManyAsync)("not an array"),
+    ];
+    const events: string[] = [];
+    const calls: Promise<unknown>[] = [];
+    let lastGood = -1;
+    let badCount = 0;
+    for (let index = 0; index < 301; index++) {
+      // Every fifth call is bad, and so is the very last one.
+      const bad = index % 5 === 4 || index === 300;
+      if (bad) badCount++;
+      else lastGood = index;
+      const call = bad
+        ? (badCalls[index % badCalls.length] as () => Promise<void>)()
+        : startWrite(index, file, join(dir, "side"));
+      calls.push(
+        call.then(
+          () => events.push(`${bad ? "bad" : "good"} ${index} fulfilled`),
+          (error: Error) => events.push(`${bad ? "bad" : "good"} ${index} ${error.name}`),
+        ),
+      );
+    }
+    await Promise.all(calls);
+    const badOnes = events.slice(0, badCount);
+    const goodOnes = events.slice(badCount);
+    // Bad calls reject at once, before the first good write (which waits for the disk) settles.
+    expect(badOnes.every((event) => /^bad \d+ (TypeError|RangeError)$/.test(event))).toBe(true);
+    const goods = inCallOrder(301).filter((index) => !(index % 5 === 4 || index === 300));
+    expect(goodOnes).toEqual(goods.map((index) => `good ${index} fulfilled`));
+    expect(fs.readFileSync(file, "utf8")).toBe(dataOf(lastGood));
+  });
+
+  test("a sync write runs at once, without waiting for pending async writes", async () => {
+    const dir = tempDir("order-sync-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    const settled: number[] = [];
+    const calls = inCallOrder(60).map((index) =>
+      startWrite(index, file, join(dir, "side")).then(() => {
+        settled.push(index);
+      }),
+    );
+    await calls[9]; // ten async writes done, fifty still queued: the sync write lands among them
+    atomicWriteText(file, "written synchronously");
+    expect(fs.readFileSync(file, "utf8")).toBe("written synchronously");
+    expect(settled.length).toBeLessThan(60);
+    await Promise.all(calls);
+    expect(settled).toEqual(inCallOrder(60));
+    expect(fs.readFileSync(file, "utf8")).toBe(dataOf(59));
+    expect(tempResidue(dir)).toEqual([]);
+  });
+});

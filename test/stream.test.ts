@@ -1,0 +1,429 @@
+/**
+ * atomicWriteStream (SPEC "Beyond the seed: streaming source"): every kind of source, bounded memory,
+ * and the failure rules (the source's own error, foreign chunks, a full disk) on both temp protocols.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { join } from "node:path";
+import { atomicWriteStream } from "../index.ts";
+import {
+  BUN,
+  cleanup,
+  has,
+  isRoot,
+  mountTmpfs,
+  ROOT,
+  ROOT_ONLY,
+  snapshot,
+  TEMP_KINDS,
+  tempDir,
+  tempResidue,
+  useTempKind,
+} from "./helpers.ts";
+
+afterAll(cleanup);
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+
+/** Bytes that differ at every offset and per seed, so a misplaced or missing chunk shows. */
+function pattern(size: number, seed = 0): Buffer {
+  const bytes = Buffer.allocUnsafe(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
+  return bytes;
+}
+
+function sha256(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/** The error a promise rejects with; fails the test if it fulfils. */
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected the write to reject, but it succeeded");
+}
+
+/** A target with known contents and mode, in a fresh directory. */
+function existingTarget(mode = 0o640): { dir: string; target: string } {
+  const dir = tempDir("stream-");
+  const target = join(dir, "target.bin");
+  fs.writeFileSync(target, "previous contents\n");
+  fs.chmodSync(target, mode);
+  return { dir, target };
+}
+
+describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
+  useTempKind(env);
+
+  describe("takes its data from", () => {
+    test("an async generator of byte chunks, in order, including empty and large chunks", async () => {
+      const { target } = existingTarget();
+      const chunks = [pattern(10, 1), new Uint8Array(0), pattern(200 * KIB, 2), pattern(1, 3), pattern(65 * KIB, 4)];
+      async function* source() {
+        for (const chunk of chunks) {
+          await Bun.sleep(1); // a real async source yields to the event loop between chunks
+          yield chunk;
+        }
+      }
+      await atomicWriteStream(target, source());
+      expect(sha256(fs.readFileSync(target))).toBe(sha256(Buffer.concat(chunks)));
+      expect(tempResidue(join(target, ".."))).toEqual([]);
+    });
+
+    test("a sync iterable: an array, a generator and a Set, mixing bytes and strings", async () => {
+      const { dir } = existingTarget();
+      const fromArray = join(dir, "array");
+      await atomicWriteStream(fromArray, [pattern(100, 1), "héllo", pattern(70 * KIB, 2)]);
+      expect(fs.readFileSync(fromArray)).toEqual(
+        Buffer.concat([pattern(100, 1), Buffer.from("héllo"), pattern(70 * KIB, 2)]),
+      );
+
+      const fromGenerator = join(dir, "generator");
+      function* lines() {
+        for (let i = 0; i < 1000; i++) yield `line ${i}\n`;
+      }
+      await atomicWriteStream(fromGenerator, lines());
+      expect(fs.readFileSync(fromGenerator, "utf8")).toBe(Array.from(lines()).join(""));
+
+      const fromSet = join(dir, "set");
+      await atomicWriteStream(fromSet, new Set(["a", "b", "c"]));
+      expect(fs.readFileSync(fromSet, "utf8")).toBe("abc");
+    });
+
+    test("string chunks encoded with options.encoding, byte chunks passed through unencoded", async () => {
+      const dir = tempDir("stream-enc-");
+      const text = ["Grüße, ", "世界 ", "😀", "\r\n", "plain"];
+      for (const encoding of ["utf-8", "utf16le", "latin1", "ascii", "ucs2"] as const) {
+        const path = join(dir, encoding);
+        await atomicWriteStream(path, text, { encoding });
+        expect(fs.readFileSync(path)).toEqual(Buffer.concat(text.map((piece) => Buffer.from(piece, encoding))));
+      }
+      // hex and base64: each chunk is decoded on its own, as Buffer.from would.
+      const hex = join(dir, "hex");
+      await atomicWriteStream(hex, ["deadbeef", "00ff"], { encoding: "hex" });
+      expect(fs.readFileSync(hex)).toEqual(Buffer.from([0xde, 0xad, 0xbe, 0xef, 0x00, 0xff]));
+      const base64 = join(dir, "base64");
+      const raw = pattern(300);
+      await atomicWriteStream(base64, [raw.subarray(0, 150).toString("base64"), raw.subarray(150)], {
+        encoding: "base64",
+      });
+      expect(fs.readFileSync(base64).equals(raw)).toBe(true);
+    });
+
+    test("a string chunk of megabytes whose surrogate pairs straddle the encoder's pieces", async () => {
+      const dir = tempDir("stream-big-");
+      const path = join(dir, "big.txt");
+      // 😀 is two UTF-16 units: at odd offsets around every power of two one of them straddles a piece edge.
+      const text = `${"a".repeat(262143)}😀${"😀é".repeat(300_000)}x`;
+      await atomicWriteStream(path, ["start ", text]);
+      expect(sha256(fs.readFileSync(path))).toBe(sha256(Buffer.from(`start ${text}`)));
+      expect(fs.readFileSync(path, "utf8")).not.toContain("\uFFFD");
+    });
+
+    test("a web ReadableStream of bytes", async () => {
+      const { target } = existingTarget();
+      const chunks = Array.from({ length: 20 }, (_, i) => pattern(33 * KIB + i, i));
+      let next = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          await Bun.sleep(0);
+          if (next < chunks.length) controller.enqueue(chunks[next++] as Uint8Array);
+          else controller.close();
+        },
+      });
+      await atomicWriteStream(target, stream);
+      expect(sha256(fs.readFileSync(target))).toBe(sha256(Buffer.concat(chunks)));
+    });
+
+    test("a real fetch response body from a local server", async () => {
+      const body = pattern(4 * MIB + 123, 9);
+      const server = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch() {
+          let offset = 0;
+          // Served in pieces, so the client receives many chunks rather than one buffer.
+          const stream = new ReadableStream<Uint8Array>({
+            pull(controller) {
+              if (offset >= body.length) return controller.close();
+              controller.enqueue(body.subarray(offset, offset + 64 * KIB));
+              offset += 64 * KIB;
+            },
+          });
+          return new Response(stream);
+        },
+      });
+      try {
+        const { target } = existingTarget(0o644);
+        const response = await fetch(`http://127.0.0.1:${server.port}/data`);
+        expect(response.ok).toBe(true);
+        await atomicWriteStream(target, response.body as ReadableStream<Uint8Array>);
+        expect(sha256(fs.readFileSync(target))).toBe(sha256(body));
+        expect(fs.statSync(target).mode & 0o7777).toBe(0o644);
+      } finally {
+        server.stop(true);
+      }
+    });
+
+    test("an empty source: the target becomes an empty file", async () => {
+      const { target } = existingTarget();
+      await atomicWriteStream(target, []);
+      expect(fs.readFileSync(target).length).toBe(0);
+    });
+  });
+
+  describe("fails cleanly", () => {
+    test("rejects with the very error object the source threw half-way, keeping the target intact", async () => {
+      const { dir, target } = existingTarget();
+      const before = snapshot(dir);
+      // A code and a path like a network error's: the library must not rewrite them as its own.
+      const thrown = Object.assign(new Error("upstream went away"), { code: "ECONNRESET", path: "https://x/y" });
+      let tempsMidWrite = -1;
+      async function* source() {
+        yield pattern(300 * KIB, 1); // large enough that the temp really holds data when the source fails
+        yield "more";
+        tempsMidWrite = tempResidue(dir).length;
+        throw thrown;
+      }
+      const error = await rejectionOf(atomicWriteStream(target, source()));
+      expect(error).toBe(thrown);
+      // Named temps are visible while they fill: proof that this run exercises their removal.
+      if (env === "0") expect(tempsMidWrite).toBe(1);
+      expect(thrown.message).toBe("upstream went away");
+      expect(thrown.path).toBe("https://x/y");
+      expect(snapshot(dir)).toEqual(before);
+    });
+
+    test("rejects with the very value a sync source threw, even one that is not an Error", async () => {
+      const { dir, target } = existingTarget();
+      const before = snapshot(dir);
+      const thrown = { reason: "not an Error at all" };
+      function* source() {
+        yield "first";
+        throw thrown;
+      }
+      expect(await rejectionOf(atomicWriteStream(target, source()))).toBe(thrown);
+      expect(snapshot(dir)).toEqual(before);
+    });
+
+    test("rejects with the very error a ReadableStream errored with", async () => {
+      const { dir, target } = existingTarget();
+      const before = snapshot(dir);
+      const thrown = new Error("stream errored");
+      let pulls = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (pulls++ < 3) controller.enqueue(pattern(100 * KIB, pulls));
+          else controller.error(thrown);
+        },
+      });
+      expect(await rejectionOf(atomicWriteStream(target, stream))).toBe(thrown);
+      expect(snapshot(dir)).toEqual(before);
+    });
+
+    test("rejects when a fetch body is cut off by the server, with the fetch error untouched", async () => {
+      // A raw socket that promises 1 MB and hangs up after 300 KB: a truncated download.
+      const server = Bun.listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        socket: {
+          data(socket) {
+            socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n${"x".repeat(300_000)}`);
+            socket.end();
+          },
+        },
+      });
+      try {
+        const { dir, target } = existingTarget();
+        const before = snapshot(dir);
+        const url = `http://127.0.0.1:${server.port}/`;
+        const response = await fetch(url);
+        const error = (await rejectionOf(
+          atomicWriteStream(target, response.body as ReadableStream<Uint8Array>),
+        )) as NodeJS.ErrnoException;
+        expect(error.code).toBe("ECONNRESET");
+        expect(error.path).toBe(url); // the network's error, not re-labelled as a file error
+        expect(snapshot(dir)).toEqual(before);
+      } finally {
+        server.stop(true);
+      }
+    });
+
+    for (const [what, chunk] of [
+      ["a number", 42],
+      ["a plain object", { bytes: [1, 2, 3] }],
+      ["null", null],
+      ["an ArrayBuffer (only Uint8Array and string chunks are accepted)", new ArrayBuffer(4)],
+    ] as const) {
+      test(`rejects with a TypeError for a chunk that is ${what}, and releases the source`, async () => {
+        const { dir, target } = existingTarget();
+        const before = snapshot(dir);
+        let released = false;
+        async function* source() {
+          try {
+            yield pattern(100 * KIB, 1);
+            yield chunk as unknown as Uint8Array; // a wrongly typed source, as plain JS code could pass
+            yield "never reached";
+          } finally {
+            released = true;
+          }
+        }
+        const error = await rejectionOf(atomicWriteStream(target, source()));
+        expect(error).toBeInstanceOf(TypeError);
+        expect((error as Error).message).toContain("chunk");
+        expect(released).toBe(true);
+        expect(snapshot(dir)).toEqual(before);
+      });
+    }
+
+    test("rejects a source that is not iterable with a TypeError, never throwing synchronously", async () => {
+      const { dir, target } = existingTarget();
+      const before = snapshot(dir);
+      for (const source of [42, null, undefined, {}, "a string is not a stream of chunks"]) {
+        let promise: Promise<void> | undefined;
+        let thrownSynchronously: unknown;
+        try {
+          // biome-ignore lint/suspicious/noExplicitAny: deliberately the wrong type, as untyped callers pass it
+          promise = atomicWriteStream(target, source as any);
+        } catch (error) {
+          thrownSynchronously = error;
+        }
+        expect(thrownSynchronously).toBeUndefined();
+        const error = await rejectionOf(promise as Promise<void>);
+        expect(error).toBeInstanceOf(TypeError);
+        expect((error as Error).message).toContain("source");
+      }
+      expect(snapshot(dir)).toEqual(before);
+    });
+
+    test("calls the source's return() when the write fails before the first chunk (missing directory)", async () => {
+      const dir = tempDir("stream-");
+      let returned = 0;
+      let pulled = 0;
+      // A hand-written iterator: return() is observable even though iteration never started.
+      const source: AsyncIterable<Uint8Array> = {
+        [Symbol.asyncIterator]: () => ({
+          next: async () => {
+            pulled++;
+            return { done: false, value: pattern(10) };
+          },
+          return: async () => {
+            returned++;
+            return { done: true, value: undefined };
+          },
+        }),
+      };
+      const error = (await rejectionOf(
+        atomicWriteStream(join(dir, "missing", "file"), source),
+      )) as NodeJS.ErrnoException;
+      expect(error.code).toBe("ENOENT");
+      expect(error.message).toContain(join(dir, "missing", "file"));
+      expect(returned).toBe(1);
+      expect(pulled).toBe(0);
+      expect(fs.readdirSync(dir)).toEqual([]);
+    });
+
+    test.skipIf(!isRoot)(
+      `calls the source's return() when the disk fills up, keeping the target intact (${ROOT_ONLY})`,
+      async () => {
+        const mount = mountTmpfs(512);
+        const target = join(mount, "target.bin");
+        fs.writeFileSync(target, "previous contents\n");
+        fs.chmodSync(target, 0o640);
+        const before = snapshot(mount);
+        let pulled = 0;
+        let released = false;
+        async function* source() {
+          try {
+            for (; pulled < 256; pulled++) yield pattern(64 * KIB, pulled); // 16 MiB into 512 KiB
+          } finally {
+            released = true; // where a real source would close its socket or file
+          }
+        }
+        const error = (await rejectionOf(atomicWriteStream(target, source()))) as NodeJS.ErrnoException;
+        expect(error.code).toBe("ENOSPC");
+        expect(error.message).toContain(target);
+        expect(released).toBe(true);
+        expect(pulled).toBeLessThan(20); // it stopped reading at the failure, not at the source's end
+        expect(snapshot(mount)).toEqual(before);
+      },
+    );
+
+    test.skipIf(!isRoot)(`cancels a ReadableStream source when the disk fills up (${ROOT_ONLY})`, async () => {
+      const mount = mountTmpfs(512);
+      const target = join(mount, "target.bin");
+      fs.writeFileSync(target, "previous contents\n");
+      const before = snapshot(mount);
+      let cancelled = false;
+      let pulls = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (pulls++ < 256) controller.enqueue(pattern(64 * KIB, pulls));
+          else controller.close();
+        },
+        cancel() {
+          cancelled = true;
+        },
+      });
+      const error = (await rejectionOf(atomicWriteStream(target, stream))) as NodeJS.ErrnoException;
+      expect(error.code).toBe("ENOSPC");
+      expect(cancelled).toBe(true);
+      expect(pulls).toBeLessThan(20);
+      expect(snapshot(mount)).toEqual(before);
+    });
+  });
+});
+
+describe("atomicWriteStream keeps memory bounded", () => {
+  test("holding no chunk once it is written (each is collectable while the stream goes on)", async () => {
+    const dir = tempDir("stream-mem-");
+    const alive: WeakRef<Uint8Array>[] = [];
+    const stillHeld: number[] = [];
+    async function* source() {
+      for (let index = 0; index < 48; index++) {
+        if (index % 8 === 7) {
+          Bun.gc(true);
+          // Chunks handed over more than 3 pulls ago: the library must have let go of them.
+          stillHeld.push(alive.slice(0, index - 3).filter((ref) => ref.deref() !== undefined).length);
+        }
+        const chunk = new Uint8Array(MIB).fill(index);
+        alive.push(new WeakRef(chunk));
+        yield chunk;
+      }
+    }
+    await atomicWriteStream(join(dir, "out"), source(), { durable: false });
+    expect(fs.statSync(join(dir, "out")).size).toBe(48 * MIB);
+    // The collector scans the stack conservatively, so a stray chunk may survive; a leak keeps all.
+    expect(Math.max(...stillHeld)).toBeLessThanOrEqual(2);
+  });
+
+  test("1 GiB from a generator of 1 MiB chunks peaks under 64 MiB RSS in a fresh Bun process", () => {
+    const dir = tempDir("stream-rss-");
+    const out = join(dir, "one-gib.bin");
+    const child = join(ROOT, "test", "fixtures", "stream-memory.ts");
+    // GNU time measures the child alone; maxRSS from a Bun parent can report the parent's peak.
+    const timed = has("/usr/bin/time");
+    const argv = timed ? ["/usr/bin/time", "-f", "maxrss=%M", BUN, child, out, "1024"] : [BUN, child, out, "1024"];
+    const result = spawnSync(argv[0] as string, argv.slice(1), { encoding: "utf8" });
+    fs.rmSync(out, { force: true });
+    expect(result.status).toBe(0);
+    const report = JSON.parse(result.stdout.trim().split("\n").pop() as string) as {
+      peakKiB: number;
+      samplesRight: boolean;
+    };
+    expect(report.samplesRight).toBe(true);
+    expect(report.peakKiB).toBeGreaterThan(0);
+    expect(report.peakKiB).toBeLessThan(64 * 1024);
+    if (timed) {
+      const maxrss = Number(/maxrss=(\d+)/.exec(result.stderr)?.[1]);
+      expect(maxrss).toBeGreaterThan(0);
+      expect(maxrss).toBeLessThan(64 * 1024);
+    }
+  }, 60_000);
+});
