@@ -145,7 +145,10 @@ export interface Outcome {
 }
 
 /** Reads what a writer reported: the child's JSON line, or the CLI's exit status and stderr. */
-export function outcomeOf(writer: Writer, raw: SpawnSyncReturns<string | Buffer>): Outcome {
+export function outcomeOf(
+  writer: Writer,
+  raw: { status: number | null; stdout: string | Buffer | null; stderr: string | Buffer | null },
+): Outcome {
   const stdout = String(raw.stdout ?? "");
   const stderr = String(raw.stderr ?? "");
   if (writer === "cli") return { ok: raw.status === 0, status: raw.status, stderr, published: raw.status === 3 };
@@ -234,4 +237,49 @@ export function printTable(rows: Row[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
   const line = (c: string[]) => `| ${c.map((x, i) => x.padEnd(widths[i] as number)).join(" | ")} |`;
   return [line(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...cells.map(line)].join("\n");
+}
+
+let injector: string | undefined;
+
+/** The ptrace injector (inject.c), compiled once per run; needs a C compiler (gcc in CI). */
+export function buildInjector(workDir: string): string {
+  if (injector === undefined) {
+    const out = join(workDir, "inject");
+    const built = spawnSync("cc", ["-O2", "-Wall", "-o", out, join(HERE, "inject.c")], { encoding: "utf8" });
+    if (built.status !== 0) throw new Error(`cannot compile reliability/inject.c: ${built.stderr ?? built.error}`);
+    injector = out;
+  }
+  return injector;
+}
+
+/** Runs `argv` without blocking, collecting its output; `timeoutMs` kills it. */
+export async function spawnAsync(
+  argv: string[],
+  env: Record<string, string>,
+  timeoutMs = 60_000,
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = Bun.spawn(argv, { env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
+  const status = await child.exited;
+  clearTimeout(timer);
+  return { status, stdout, stderr };
+}
+
+/** Runs the jobs with at most `width` at once (the machine has two cores). */
+export async function pool<T>(jobs: (() => Promise<T>)[], width = 2): Promise<T[]> {
+  const results: T[] = new Array(jobs.length);
+  let next = 0;
+  const lane = async () => {
+    while (next < jobs.length) {
+      const index = next++;
+      results[index] = await (jobs[index] as () => Promise<T>)();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, jobs.length) }, lane));
+  return results;
+}
+
+export function escapeRegex(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }

@@ -8,9 +8,10 @@
  * writer slips past the checker that exists to catch it.
  */
 import * as fs from "node:fs";
-import { cleanup, isRoot, tempDir } from "../test/helpers.ts";
+import { cleanup, isRoot, mountTmpfs, tempDir } from "../test/helpers.ts";
 import { APIS, BROKEN, type Broken, printTable, type Row, type TempKind, type Writer } from "./common.ts";
 import { crashRow, crashRun } from "./explorer.ts";
+import { type Cell, faultMatrix, faultRow, printMatrix } from "./faults.ts";
 
 const argv = process.argv.slice(2);
 const quick = argv.includes("--quick");
@@ -47,7 +48,9 @@ function brokenResult(writer: Writer, technique: string, bad: number, detail: st
   log(`  ${writer} under ${technique}: ${bad > 0 ? `caught (${detail})` : "not caught"}`);
 }
 
-const work = tempDir("reliability-");
+// A tmpfs keeps thousands of fsyncs off the real disk; nothing here relies on them persisting
+// (the block-level check brings its own file system images).
+const work = isRoot ? mountTmpfs(2 * 1024 * 1024) : tempDir("reliability-");
 const KINDS: TempKind[] = ["anonymous", "named"];
 
 try {
@@ -77,6 +80,48 @@ try {
       const bad = run.exploration.badCount + (run.problem ? 1 : 0);
       rows.push({ ...crashRow([run], writer), note: CAUGHT_BY[name] === "crash" ? "must be caught here" : "" });
       brokenResult(writer, "crash", bad, run.exploration.bad[0]?.why ?? run.problem ?? "");
+    }
+  }
+
+  if (wanted("faults")) {
+    log("syscall fault matrix");
+    const errnos = quick ? ["EIO"] : ["EIO", "ENOSPC", "EACCES"];
+    const report = (writer: Writer, cells: Cell[]) => {
+      log(printMatrix(writer, cells));
+      for (const cell of cells.filter((c) => c.problems.length > 0).slice(0, 5)) {
+        log(`  BAD ${cell.kind} ${cell.step} ${cell.errno}: ${cell.problems.join("; ")}`);
+      }
+      rows.push(faultRow(writer, cells));
+    };
+    for (const api of APIS) {
+      const kinds = quick
+        ? [{ kind: "anonymous" as TempKind, errnos }]
+        : [
+            { kind: "anonymous" as TempKind, errnos },
+            { kind: "named" as TempKind, errnos: ["EIO"] },
+          ];
+      const cells = await faultMatrix(api, kinds, work);
+      report(api, cells);
+      for (const cell of cells) {
+        if (cell.problems.length > 0) {
+          failures.push(`fault matrix, ${api} (${cell.kind}), ${cell.step} ${cell.errno}: ${cell.problems.join("; ")}`);
+        }
+      }
+    }
+    for (const name of ["leaks-temp", "in-place-trunc"] as Broken[]) {
+      const writer = `broken:${name}` as Writer;
+      const cells = await faultMatrix(writer, [{ kind: "named", errnos: ["EIO"] }], work);
+      report(writer, cells);
+      // Caught means the fixture's own mistake showed, not some other difference.
+      const symptom =
+        name === "leaks-temp"
+          ? cells.filter((c) => c.residue > 0)
+          : cells.filter((c) => c.problems.some((p) => p.startsWith("the directory changed")));
+      rows[rows.length - 1] = {
+        ...(rows[rows.length - 1] as Row),
+        note: CAUGHT_BY[name] === "faults" ? "must be caught here" : "",
+      };
+      brokenResult(writer, "faults", symptom.length, symptom[0] ? `${symptom[0].step}: ${symptom[0].problems[0]}` : "");
     }
   }
 } finally {

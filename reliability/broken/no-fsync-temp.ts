@@ -1,19 +1,21 @@
 /** BROKEN: renames the temp over the target without fsyncing it first (data may not be on disk). */
 import * as fs from "node:fs";
 import { dirname } from "node:path";
-import { discard, fsyncDirectory, openTemp, writeAll } from "./parts.ts";
+import { discard, fsyncDirectory, naming, openTemp, ownerAndMode, writeAll } from "./parts.ts";
 
 export function write(target: string, data: Uint8Array): void {
-  const temp = openTemp(target);
-  try {
-    writeAll(temp.fd, data);
-    fs.fchmodSync(temp.fd, temp.mode);
-    // the mistake: no fs.fsyncSync(temp.fd) here
-    fs.closeSync(temp.fd);
-    fs.renameSync(temp.path, target);
-  } catch (error) {
-    discard(temp);
-    throw error;
-  }
-  fsyncDirectory(dirname(target));
+  naming(target, () => {
+    const temp = openTemp(target);
+    try {
+      writeAll(temp.fd, data);
+      ownerAndMode(temp);
+      // the mistake: no fs.fsyncSync(temp.fd) here
+      fs.closeSync(temp.fd);
+      fs.renameSync(temp.path, target);
+    } catch (error) {
+      discard(temp);
+      throw error;
+    }
+    fsyncDirectory(dirname(target));
+  });
 }
