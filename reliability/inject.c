@@ -17,7 +17,8 @@
  *   --kill   let that call complete, then SIGKILL its process
  *   --step   after every matching call completes, write "N SUBJECT = RET" to the FIFO OUT and
  *            wait for a line on the FIFO IN; new system calls are held until then
- *   --log    one line per watched call: thread, subject, result, MATCH n, INJECTED
+ *   --log    one line per watched call: thread, subject, result, COUNT asked (writes), MATCH n,
+ *            INJECTED
  *
  * Exits with the command's exit status (128+signal if it was killed). x86-64 Linux only.
  */
@@ -106,6 +107,7 @@ static struct thread {
   const struct call *call;
   long match; /* 0: not matching; else its number */
   int injected;
+  long count; /* the byte count asked of write and pwrite64, else -1 */
   char subject[2 * PATH_MAX + 64];
 } threads[MAX_THREADS];
 
@@ -229,6 +231,7 @@ static void on_syscall(pid_t tid) {
     t->injected = 0;
     if (t->call == NULL) return;
     describe(tid, t->call, info.entry.args, t->subject, sizeof t->subject);
+    t->count = (t->call->nr == 1 || t->call->nr == 18) ? (long)info.entry.args[2] : -1;
     if (have_pattern && regexec(&pattern, t->subject, 0, NULL, 0) != 0) return;
     t->match = ++matches;
     if (t->match == nth && inject_errno) {
@@ -249,6 +252,7 @@ static void on_syscall(pid_t tid) {
     }
     if (log_file) {
       fprintf(log_file, "%d\t%s\t%ld", tid, t->subject, ret);
+      if (t->count >= 0) fprintf(log_file, "\tCOUNT %ld", t->count);
       if (t->match) fprintf(log_file, "\tMATCH %ld", t->match);
       if (t->injected) fprintf(log_file, "\tINJECTED %d", inject_errno);
       fputc('\n', log_file);

@@ -12,6 +12,7 @@ import { cleanup, isRoot, mountTmpfs, tempDir } from "../test/helpers.ts";
 import { APIS, BROKEN, type Broken, printTable, type Row, type TempKind, type Writer } from "./common.ts";
 import { crashRow, crashRun } from "./explorer.ts";
 import { type Cell, faultMatrix, faultRow, printMatrix } from "./faults.ts";
+import { shortRow, shortWrites } from "./shortwrites.ts";
 
 const argv = process.argv.slice(2);
 const quick = argv.includes("--quick");
@@ -37,6 +38,10 @@ const rows: Row[] = [];
 const failures: string[] = [];
 const caught = new Map<Broken, string[]>();
 const started = Date.now();
+
+function isBrokenWriter(writer: Writer): boolean {
+  return writer.startsWith("broken:");
+}
 
 function log(text: string): void {
   process.stderr.write(`${text}\n`);
@@ -122,6 +127,28 @@ try {
         note: CAUGHT_BY[name] === "faults" ? "must be caught here" : "",
       };
       brokenResult(writer, "faults", symptom.length, symptom[0] ? `${symptom[0].step}: ${symptom[0].problems[0]}` : "");
+    }
+  }
+
+  if (wanted("short")) {
+    log("real short writes");
+    for (const writer of [...APIS, "broken:single-write"] as Writer[]) {
+      const runs = await shortWrites(writer, work, quick);
+      const row = shortRow(writer, runs);
+      rows.push(isBrokenWriter(writer) ? { ...row, note: "must be caught here" } : row);
+      for (const run of runs.filter((r) => r.problems.length > 0)) {
+        const text = `real short writes, ${writer}, ${run.how}: ${run.problems.join("; ")}`;
+        if (isBrokenWriter(writer)) log(`  ${text}`);
+        else failures.push(text);
+      }
+      if (!isBrokenWriter(writer)) {
+        log(`  ${writer}: ${runs.length} runs, ${row.faults} short writes`);
+        // A run of limits that never cut a write short would prove nothing.
+        if (row.faults === 0) failures.push(`real short writes, ${writer}: no write was ever cut short`);
+      } else {
+        const lost = runs.filter((r) => r.silentLoss);
+        brokenResult(writer, "short", lost.length, lost[0] ? `${lost[0].how}: ${lost[0].problems[0]}` : "");
+      }
     }
   }
 } finally {
