@@ -13,6 +13,7 @@ import { APIS, BROKEN, type Broken, printTable, type Row, type TempKind, type Wr
 import { crashRow, crashRun } from "./explorer.ts";
 import { type Cell, faultMatrix, faultRow, printMatrix } from "./faults.ts";
 import { shortRow, shortWrites } from "./shortwrites.ts";
+import { torture, tortureRow } from "./torture.ts";
 
 const argv = process.argv.slice(2);
 const quick = argv.includes("--quick");
@@ -150,6 +151,30 @@ try {
         brokenResult(writer, "short", lost.length, lost[0] ? `${lost[0].how}: ${lost[0].problems[0]}` : "");
       }
     }
+  }
+
+  if (wanted("kill")) {
+    log("kill -9 torture");
+    const options = { durationMs: quick ? 1000 : 2500, lanes: 2, seed };
+    for (const api of APIS) {
+      const runs = [];
+      for (const kind of quick ? (["anonymous"] as TempKind[]) : KINDS)
+        runs.push(await torture(api, kind, work, options));
+      rows.push(tortureRow(api, runs));
+      for (const run of runs) {
+        log(
+          `  ${api} (${run.kind}): ${run.reads} reads, ${run.kills} kills, ${run.badReads} bad reads, ${run.residue} temps left`,
+        );
+        if (run.badReads > 0)
+          failures.push(`kill -9 torture, ${api} (${run.kind}): ${run.badReads} bad reads: ${run.reasons.join("; ")}`);
+        if (run.finalBad) failures.push(`kill -9 torture, ${api} (${run.kind}): ${run.finalBad}`);
+        if (run.kills === 0) failures.push(`kill -9 torture, ${api} (${run.kind}): no writer was ever killed`);
+      }
+    }
+    const writer: Writer = "broken:in-place-trunc";
+    const run = await torture(writer, "named", work, { ...options, durationMs: 1500 });
+    rows.push({ ...tortureRow(writer, [run]), note: "" });
+    brokenResult(writer, "kill", run.badReads, run.reasons[0] ?? "");
   }
 } finally {
   if (!keep) cleanup();
