@@ -9,12 +9,13 @@
  * until it is killed (the kill -9 torture); versions are WRITER_ID * 1e6 + n.
  */
 import * as fs from "node:fs";
-import { type Broken, makePayload, prng, type Writer } from "./common.ts";
+import { type Broken, makePayload, prng, secondPayload, type Writer } from "./common.ts";
 
 // A mutated copy of the library can stand in for the real one, to prove the checkers catch it.
 const lib = (await import(process.env.RELIABILITY_LIBRARY ?? "../index.ts")) as typeof import("../index.ts");
 
-type WriteFn = (path: string, data: Buffer) => void | Promise<void>;
+/** `second` is the other file's payload, for the batch writers. */
+type WriteFn = (path: string, data: Buffer, second?: Buffer) => void | Promise<void>;
 
 const STREAM_CHUNK = 16 * 1024;
 
@@ -38,6 +39,18 @@ async function writerFor(writer: Writer): Promise<WriteFn> {
       return (path, data) => lib.atomicWriteTextAsync(path, data.toString("latin1"), { encoding: "latin1" });
     case "stream":
       return (path, data) => lib.atomicWriteStream(path, chunksOf(data), { encoding: "latin1" });
+    case "batch":
+      return (path, data, second) =>
+        lib.atomicWriteMany([
+          { path, data },
+          { path: `${path}2`, data: second ?? data },
+        ]);
+    case "batch-async":
+      return (path, data, second) =>
+        lib.atomicWriteManyAsync([
+          { path, data },
+          { path: `${path}2`, data: (second ?? data).toString("latin1"), encoding: "latin1" },
+        ]);
     case "cli":
       throw new Error("the CLI is its own binary, not a child of this script");
     default: {
@@ -51,8 +64,9 @@ async function writerFor(writer: Writer): Promise<WriteFn> {
 async function once(writer: Writer, target: string, payloadFile: string): Promise<void> {
   const write = await writerFor(writer);
   const data = fs.readFileSync(payloadFile);
+  const second = fs.existsSync(secondPayload(payloadFile)) ? fs.readFileSync(secondPayload(payloadFile)) : undefined;
   try {
-    await write(target, data);
+    await write(target, data, second);
     process.stdout.write(`${JSON.stringify({ ok: true })}\n`);
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { published?: boolean };

@@ -84,7 +84,19 @@ export const BROKEN = [
 ] as const;
 export type Broken = (typeof BROKEN)[number];
 
-export type Writer = Api | `broken:${Broken}`;
+/** Batches replace two files: TARGET from PAYLOAD_FILE and TARGET2 from PAYLOAD_FILE.second. */
+export const BATCHES = ["batch", "batch-async"] as const;
+export type Batch = (typeof BATCHES)[number];
+
+export type Writer = Api | Batch | `broken:${Broken}`;
+
+export function isBatch(writer: Writer): writer is Batch {
+  return (BATCHES as readonly string[]).includes(writer);
+}
+
+export function secondPayload(payloadFile: string): string {
+  return `${payloadFile}.second`;
+}
 
 export function isBroken(writer: Writer): writer is `broken:${Broken}` {
   return writer.startsWith("broken:");

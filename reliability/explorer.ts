@@ -23,10 +23,12 @@ import {
   durableFile,
   freshDir,
   hashSeed,
+  isBatch,
   makePayload,
   outcomeOf,
   prng,
   type Row,
+  secondPayload,
   type TempKind,
   verifyPayload,
   type Writer,
@@ -39,16 +41,21 @@ export interface Version {
   mode: number;
 }
 
+/** One file the write replaces (a batch replaces several). */
+export interface TargetSpec {
+  /** Its name in the modelled directory. */
+  name: string;
+  /** The version before the write; undefined when the file did not exist. */
+  old?: Version;
+  next: Version;
+}
+
 export interface Scenario {
-  /** The target's name in the modelled directory. */
-  target: string;
+  targets: TargetSpec[];
   /** Names in the directory before the write, and their inodes' persisted contents. */
   entries: Map<string, number>;
   inodes: Map<number, Version>;
-  /** The version before the write; undefined when the target did not exist. */
-  old?: Version;
-  next: Version;
-  /** Whether the write returned success (only then must every final state hold the new version). */
+  /** Whether the write returned success (only then must every final state hold the new versions). */
   succeeded: boolean;
 }
 
@@ -116,17 +123,20 @@ export function explore(ops: Op[], scenario: Scenario, options: { cap: number; s
     badCount: 0,
     residueStates: 0,
   };
-  // Inodes that some state could show under the target's name.
+  // Inodes that some state could show under a target's name.
   const candidates = new Set<number>();
-  const initialTarget = scenario.entries.get(scenario.target);
-  if (initialTarget !== undefined) candidates.add(initialTarget);
+  const targetNames = new Set(scenario.targets.map((t) => t.name));
+  for (const name of targetNames) {
+    const initial = scenario.entries.get(name);
+    if (initial !== undefined) candidates.add(initial);
+  }
   for (const op of ops) {
-    if (op.kind === "create" && op.name === scenario.target) candidates.add(op.ino);
-    if (op.kind === "rename" && op.to === scenario.target) candidates.add(op.ino);
-    if (op.kind === "link" && op.name === scenario.target) candidates.add(op.ino);
+    if (op.kind === "create" && targetNames.has(op.name)) candidates.add(op.ino);
+    if (op.kind === "rename" && targetNames.has(op.to)) candidates.add(op.ino);
+    if (op.kind === "link" && targetNames.has(op.name)) candidates.add(op.ino);
   }
   const initialNames = new Set(scenario.entries.keys());
-  const verdicts = new Map<string, string>(); // content choices -> "old" | "new" | why it is bad
+  const verdicts = new Map<string, string>(); // target, inode and content choices -> "old" | "new" | why it is bad
 
   for (let k = 0; k <= ops.length; k++) {
     if (k > 0 && !changesState(ops[k - 1] as Op)) continue; // same states as the point before
@@ -185,30 +195,35 @@ export function explore(ops: Op[], scenario: Scenario, options: { cap: number; s
           names.set(op.to, op.ino);
         } else if (op.kind === "unlink" && names.get(op.name) === op.ino) names.delete(op.name);
       }
-      if ([...names.keys()].some((name) => !initialNames.has(name) && name !== scenario.target)) result.residueStates++;
-      const ino = names.get(scenario.target);
-      let verdict: string;
-      if (ino === undefined) verdict = scenario.old === undefined ? "old" : "the target is missing";
-      else {
-        let key = `${ino}:`;
-        for (let i = 0; i < k; i++) {
-          if (dataIno(ops[i] as Op) === ino) key += forced[i] ? "F" : String(chosen[i]);
-        }
-        let known = verdicts.get(key);
-        if (known === undefined) {
-          known = judge(contents(ops, k, ino, scenario, forced, chosen), scenario);
-          verdicts.set(key, known);
-        }
-        verdict = known;
-      }
+      if ([...names.keys()].some((name) => !initialNames.has(name) && !targetNames.has(name))) result.residueStates++;
       const atEnd = k === ops.length && scenario.succeeded;
-      if (atEnd && verdict === "old") verdict = "the write returned, yet a crash now can still show the old version";
-      if (verdict !== "old" && verdict !== "new") {
+      const problems: string[] = [];
+      for (const target of scenario.targets) {
+        const ino = names.get(target.name);
+        let verdict: string;
+        if (ino === undefined) verdict = target.old === undefined ? "old" : `${target.name} is missing`;
+        else {
+          let key = `${target.name}:${ino}:`;
+          for (let i = 0; i < k; i++) {
+            if (dataIno(ops[i] as Op) === ino) key += forced[i] ? "F" : String(chosen[i]);
+          }
+          let known = verdicts.get(key);
+          if (known === undefined) {
+            known = judge(contents(ops, k, ino, scenario, forced, chosen), target);
+            verdicts.set(key, known);
+          }
+          verdict = known;
+        }
+        if (atEnd && verdict === "old")
+          verdict = `the write returned, yet a crash now can still show the old ${target.name}`;
+        if (verdict !== "old" && verdict !== "new") problems.push(verdict);
+      }
+      if (problems.length > 0) {
         result.badCount++;
         if (result.bad.length < 5) {
           result.bad.push({
             crashAfter: k === 0 ? "(before any operation)" : `#${k} ${(ops[k - 1] as Op).call}`,
-            why: verdict,
+            why: problems.join("; "),
             persisted: free.map((i) => `${(ops[i] as Op).call}: ${CHOICE_NAMES[chosen[i] as number]}`).join("; "),
           });
         }
@@ -253,17 +268,21 @@ function contents(ops: Op[], k: number, ino: number, scenario: Scenario, forced:
   return { bytes: bytes.subarray(0, size), mode };
 }
 
-function judge(found: Version, scenario: Scenario): string {
+function judge(found: Version, target: TargetSpec): string {
   const same = (a: Version, b: Version) => a.mode === b.mode && a.bytes.equals(b.bytes);
-  if (scenario.old && same(found, scenario.old)) return "old";
-  if (same(found, scenario.next)) return "new";
+  if (target.old && same(found, target.old)) return "old";
+  if (same(found, target.next)) return "new";
   const verdict = verifyPayload(found.bytes);
-  if (!verdict.ok) return `torn target: ${verdict.why}`;
-  const expected = verdict.version === 1 ? scenario.old : scenario.next;
-  if (expected && found.bytes.equals(expected.bytes)) {
-    return `target holds version ${verdict.version} with mode 0${found.mode.toString(8)}, expected 0${expected.mode.toString(8)}`;
+  if (!verdict.ok) return `torn ${target.name}: ${verdict.why}`;
+  for (const [label, version] of [
+    ["old", target.old],
+    ["new", target.next],
+  ] as const) {
+    if (version?.bytes.equals(found.bytes)) {
+      return `${target.name} holds the ${label} bytes with mode 0${found.mode.toString(8)}, expected 0${version.mode.toString(8)}`;
+    }
   }
-  return `target holds an unexpected version ${verdict.version}`;
+  return `${target.name} holds another whole version (${verdict.version}): not this write's`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +296,8 @@ export const PAYLOAD_BODY: Record<string, number> = {
   "async-text": 300_000, // one pooled piece, one small piece on the main thread
   stream: 100_000, // seven 16 KiB chunks, bytes and strings alternating
   cli: 200_000, // whatever the pipe hands over per read
+  batch: 40_000, // plus a second file of 50 KB
+  "batch-async": 100_000,
 };
 
 export interface CrashRun {
@@ -298,66 +319,69 @@ export function crashRun(
 ): CrashRun {
   const dir = freshDir(work, `crash-${writer}-${kind}-${exists ? "replace" : "create"}`);
   const target = join(dir, "target");
-  const oldBytes = makePayload(1, 30_000);
-  const next = makePayload(2, PAYLOAD_BODY[writer] ?? 40_000);
   const payloadFile = join(work, `payload-${writer}-${Date.now()}.bin`);
-  fs.writeFileSync(payloadFile, next);
+  // A batch replaces a second file too, with a payload of its own so a swap would show.
+  const files = [{ name: "target", old: makePayload(1, 30_000), next: makePayload(2, PAYLOAD_BODY[writer] ?? 40_000) }];
+  fs.writeFileSync(payloadFile, files[0]?.next as Buffer);
+  if (isBatch(writer)) {
+    files.push({ name: "target2", old: makePayload(11, 25_000), next: makePayload(12, 50_000) });
+    fs.writeFileSync(secondPayload(payloadFile), files[1]?.next as Buffer);
+  }
   const entries = new Map<string, number>();
   const inodes = new Map<number, Version>();
   if (exists) {
-    durableFile(target, oldBytes, 0o644);
-    entries.set("target", 1);
-    inodes.set(1, { bytes: oldBytes, mode: 0o644 });
+    for (const [index, file] of files.entries()) {
+      durableFile(join(dir, file.name), file.old, 0o644);
+      entries.set(file.name, index + 1);
+      inodes.set(index + 1, { bytes: file.old, mode: 0o644 });
+    }
   }
-  const umask = process.umask();
   const { raw, traced } = traceRun(
     writerCommand(writer, target, payloadFile, kind, work),
-    join(work, `trace-${writer}.log`),
+    join(work, `trace-${writer.replace(":", "_")}.log`),
     {
       dir,
       entries,
       sizes: new Map([...inodes].map(([ino, v]) => [ino, v.bytes.length])),
       cwd: process.cwd(),
-      umask,
+      umask: process.umask(),
     },
   );
   const outcome = outcomeOf(writer, raw);
-  const empty: Exploration = {
-    crashPoints: 0,
-    states: 0,
-    possible: 0,
-    sampled: false,
-    bad: [],
-    badCount: 0,
-    residueStates: 0,
-  };
   const base = { writer, kind, exists, ops: traced.ops.length };
+  const fail = (problem: string): CrashRun => ({ ...base, exploration: { ...NOTHING, bad: [] }, problem });
   if (!outcome.ok)
-    return {
-      ...base,
-      exploration: empty,
-      problem: `the write failed: ${outcome.code ?? outcome.status} ${outcome.message ?? outcome.stderr}`,
-    };
-  if (traced.unmodelled.length > 0)
-    return { ...base, exploration: empty, problem: `unmodelled calls: ${traced.unmodelled.join(", ")}` };
-  const written = fs.readFileSync(target);
-  if (!written.equals(next))
-    return { ...base, exploration: empty, problem: "the write returned but the target does not hold the new version" };
-  const finalMode = fs.statSync(target).mode & 0o7777;
-  const scenario: Scenario = {
-    target: "target",
-    entries,
-    inodes,
-    old: exists ? { bytes: oldBytes, mode: 0o644 } : undefined,
-    next: { bytes: next, mode: finalMode },
-    succeeded: true,
-  };
+    return fail(`the write failed: ${outcome.code ?? outcome.status} ${outcome.message ?? outcome.stderr}`);
+  if (traced.unmodelled.length > 0) return fail(`unmodelled calls: ${traced.unmodelled.join(", ")}`);
+  const targets: TargetSpec[] = [];
+  for (const file of files) {
+    const path = join(dir, file.name);
+    if (!fs.readFileSync(path).equals(file.next))
+      return fail(`the write returned but ${file.name} is not the new version`);
+    targets.push({
+      name: file.name,
+      old: exists ? { bytes: file.old, mode: 0o644 } : undefined,
+      next: { bytes: file.next, mode: fs.statSync(path).mode & 0o7777 },
+    });
+  }
   fs.rmSync(payloadFile, { force: true });
+  fs.rmSync(secondPayload(payloadFile), { force: true });
+  const scenario: Scenario = { targets, entries, inodes, succeeded: true };
   return {
     ...base,
     exploration: explore(traced.ops, scenario, { cap: options.cap, seed: hashSeed(options.seed, writer, kind) }),
   };
 }
+
+const NOTHING: Exploration = {
+  crashPoints: 0,
+  states: 0,
+  possible: 0,
+  sampled: false,
+  bad: [],
+  badCount: 0,
+  residueStates: 0,
+};
 
 export function crashRow(runs: CrashRun[], writer: string): Row {
   const states = runs.reduce((n, r) => n + r.exploration.states, 0);

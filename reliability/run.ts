@@ -9,7 +9,7 @@
  */
 import { cleanup, isRoot, mountTmpfs, tempDir } from "../test/helpers.ts";
 import { type BlockRun, blockRow, blockRun, blockTools, type FsKind } from "./blocklevel.ts";
-import { APIS, BROKEN, type Broken, printTable, type Row, type TempKind, type Writer } from "./common.ts";
+import { APIS, BATCHES, BROKEN, type Broken, printTable, type Row, type TempKind, type Writer } from "./common.ts";
 import { crashRow, crashRun } from "./explorer.ts";
 import { type Cell, faultMatrix, faultRow, printMatrix } from "./faults.ts";
 import { shortRow, shortWrites } from "./shortwrites.ts";
@@ -67,7 +67,7 @@ try {
   if (wanted("crash")) {
     log("crash-state explorer");
     const cap = quick ? 512 : 4096;
-    for (const api of APIS) {
+    for (const api of [...APIS, ...BATCHES]) {
       const runs = [];
       for (const kind of KINDS) runs.push(crashRun(api, kind, true, work, { cap, seed }));
       if (!quick) runs.push(crashRun(api, "anonymous", false, work, { cap, seed }));
