@@ -86,6 +86,13 @@ function isDirOp(op: Op): boolean {
   return op.kind === "create" || op.kind === "rename" || op.kind === "link" || op.kind === "unlink";
 }
 
+/** The directory whose entries a directory operation changes (a rename: the destination's). */
+function dirOf(op: Op): string | undefined {
+  if (op.kind === "rename") return op.toDir;
+  if (op.kind === "create" || op.kind === "link" || op.kind === "unlink") return op.dir;
+  return undefined;
+}
+
 function dataIno(op: Op): number | undefined {
   if (op.kind === "write" || op.kind === "truncate" || op.kind === "chmod") return op.ino;
   return undefined;
@@ -106,7 +113,7 @@ function forcedAt(ops: Op[], k: number): boolean[] {
       const op = ops[i] as Op;
       if (sync.kind === "sync") forced[i] = true;
       else if (sync.kind === "fsyncDir") {
-        if (isDirOp(op)) forced[i] = true;
+        if (isDirOp(op) && dirOf(op) === sync.dir) forced[i] = true;
       } else if (dataIno(op) === sync.ino && !(sync.dataOnly && op.kind === "chmod")) forced[i] = true;
     }
   }

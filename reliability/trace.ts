@@ -53,6 +53,9 @@ export const TRACED = [
   "copy_file_range",
   "sendfile",
   "mmap",
+  "splice",
+  // Writes submitted through io_uring would not appear as system calls of their own.
+  "io_uring_enter",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -495,6 +498,13 @@ export function interpret(text: string, start: ModelStart): Traced {
         if (refOf(target).kind !== "outside") unmodelled.push(`${name} on ${annotation(target)}`);
         return;
       }
+      case "splice": {
+        if (refOf(a(2)).kind !== "outside") unmodelled.push(`splice into ${annotation(a(2))}`);
+        return;
+      }
+      case "io_uring_enter":
+        unmodelled.push("io_uring_enter: writes through io_uring are invisible to this trace");
+        return;
       case "mmap": {
         if (!a(3).includes("MAP_SHARED") || !a(2).includes("PROT_WRITE")) return;
         if (refOf(a(4)).kind !== "outside") unmodelled.push(`shared writable mmap of ${annotation(a(4))}`);
