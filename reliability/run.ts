@@ -61,10 +61,21 @@ function brokenResult(writer: Writer, technique: string, bad: number, detail: st
 const work = isRoot ? mountTmpfs(2 * 1024 * 1024) : tempDir("reliability-");
 const KINDS: TempKind[] = ["anonymous", "named"];
 
+/** Runs one technique; if it cannot run at all (a tool missing, an unsupported machine), that is a failure too. */
+async function technique(name: string, body: () => Promise<void>): Promise<void> {
+  if (!wanted(name)) return;
+  try {
+    await body();
+  } catch (error) {
+    failures.push(`${name}: could not run: ${(error as Error).message}`);
+    log(`  ${name} could not run: ${(error as Error).stack}`);
+  }
+}
+
 try {
   if (!isRoot) log("note: not root; the checks that mount file systems are skipped");
 
-  if (wanted("crash")) {
+  await technique("crash", async () => {
     log("crash-state explorer");
     const cap = quick ? 512 : 4096;
     for (const api of [...APIS, ...BATCHES]) {
@@ -89,9 +100,9 @@ try {
       rows.push({ ...crashRow([run], writer), note: mustCatch(name, "crash") ? "must be caught here" : "" });
       brokenResult(writer, "crash", bad, run.exploration.bad[0]?.why ?? run.problem ?? "");
     }
-  }
+  });
 
-  if (wanted("faults")) {
+  await technique("faults", async () => {
     log("syscall fault matrix");
     const errnos = quick ? ["EIO"] : ["EIO", "ENOSPC", "EACCES"];
     const report = (writer: Writer, cells: Cell[]) => {
@@ -131,9 +142,9 @@ try {
       };
       brokenResult(writer, "faults", symptom.length, symptom[0] ? `${symptom[0].step}: ${symptom[0].problems[0]}` : "");
     }
-  }
+  });
 
-  if (wanted("short")) {
+  await technique("short", async () => {
     log("real short writes");
     for (const writer of [...APIS, "broken:single-write"] as Writer[]) {
       const runs = await shortWrites(writer, work, quick);
@@ -153,9 +164,9 @@ try {
         brokenResult(writer, "short", lost.length, lost[0] ? `${lost[0].how}: ${lost[0].problems[0]}` : "");
       }
     }
-  }
+  });
 
-  if (wanted("kill")) {
+  await technique("kill", async () => {
     log("kill -9 torture");
     const options = { durationMs: quick ? 1000 : 2500, lanes: 2, seed };
     for (const api of APIS) {
@@ -177,9 +188,9 @@ try {
     const run = await torture(writer, "named", work, { ...options, durationMs: 1500 });
     rows.push({ ...tortureRow(writer, [run]), note: "must be caught here" });
     brokenResult(writer, "kill", run.badReads, run.reasons[0] ?? "");
-  }
+  });
 
-  if (wanted("block")) {
+  await technique("block", async () => {
     log("block level (loop-mounted ext4 noauto_da_alloc, xfs)");
     const missing = blockTools();
     if (!isRoot || missing.length > 0) {
@@ -212,7 +223,7 @@ try {
         );
       }
     }
-  }
+  });
 } finally {
   if (!keep) cleanup();
   else log(`kept ${work}`);
