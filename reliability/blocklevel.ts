@@ -158,17 +158,28 @@ export async function blockRun(writer: Writer, kind: FsKind, work: string): Prom
     const outputs = Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
     const fromInjector = fs.openSync(out, "r");
     const toInjector = fs.openSync(back, "w");
-    const next_line = lineReader(fromInjector);
-    const take = (label: string) => {
-      const copy = join(work, `${kind}-copy-${copies.length}.img`);
-      sh("cp", ["--sparse=always", image.file, copy]);
+    const nextLine = lineReader(fromInjector);
+    // Each copy is checked at once and removed, so only one (xfs: 65 MB) exists at a time.
+    const check = (label: string, last: boolean) => {
+      const copy = join(work, `${kind}-copy.img`);
       copies.push(copy);
-      return { copy, label };
+      sh("cp", ["--sparse=always", image.file, copy]);
+      const seen = inspect(copy, kind, work, name);
+      fs.rmSync(copy, { force: true });
+      result.snapshots++;
+      result.residue += seen.residue;
+      let verdict: string | undefined;
+      if (seen.bytes === undefined) verdict = "the target is missing";
+      else if (seen.bytes.equals(next)) verdict = undefined;
+      else if (seen.bytes.equals(old)) {
+        verdict = last ? "the write returned, yet the device still holds the old version" : undefined;
+      } else verdict = `torn target (${seen.bytes.length} bytes)`;
+      if (verdict) result.bad.push(`${label}: ${verdict}`);
     };
-    const taken = [take("before the write")];
-    for (let line = next_line(); line !== undefined; line = next_line()) {
+    check("before the write", false);
+    for (let line = nextLine(); line !== undefined; line = nextLine()) {
       const [, subject, ret] = line.split("\t");
-      taken.push(take(`after ${(subject ?? "").replaceAll(dir, "D")} = ${ret}`));
+      check(`after ${(subject ?? "").replaceAll(dir, "D")} = ${ret}`, false);
       fs.writeSync(toInjector, "\n");
     }
     fs.closeSync(fromInjector);
@@ -181,22 +192,7 @@ export async function blockRun(writer: Writer, kind: FsKind, work: string): Prom
       return result;
     }
     // The copy that matters most: the write has returned, nothing else has been flushed.
-    taken.push(take("after the write returned"));
-    unmount(image.mount);
-    for (const [index, { copy, label }] of taken.entries()) {
-      const last = index === taken.length - 1;
-      const seen = inspect(copy, kind, work, name);
-      fs.rmSync(copy, { force: true });
-      result.snapshots++;
-      result.residue += seen.residue;
-      let verdict: string | undefined;
-      if (seen.bytes === undefined) verdict = "the target is missing";
-      else if (seen.bytes.equals(next)) verdict = undefined;
-      else if (seen.bytes.equals(old))
-        verdict = last ? "the write returned, yet the device still holds the old version" : undefined;
-      else verdict = `torn target (${seen.bytes.length} bytes)`;
-      if (verdict) result.bad.push(`${label}: ${verdict}`);
-    }
+    check("after the write returned", true);
   } catch (error) {
     result.problem = (error as Error).message;
   } finally {
