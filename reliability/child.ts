@@ -69,8 +69,9 @@ async function once(writer: Writer, target: string, payloadFile: string): Promis
     await write(target, data, second);
     process.stdout.write(`${JSON.stringify({ ok: true })}\n`);
   } catch (error) {
-    const failure = error as NodeJS.ErrnoException & { published?: boolean };
-    const result = { ok: false, code: failure.code, message: failure.message, published: failure.published };
+    const failure = error as NodeJS.ErrnoException & { published?: boolean; renamed?: string[] };
+    const { code, message, published, renamed } = failure;
+    const result = { ok: false, code, message, published, renamed };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   }
 }

@@ -151,6 +151,8 @@ export interface Outcome {
   code?: string;
   message?: string;
   published?: boolean;
+  /** A failed batch's paths already replaced. */
+  renamed?: string[];
   /** The CLI's exit status, or the child's. */
   status: number | null;
   stderr: string;

@@ -17,17 +17,19 @@
  * the failure hit the call it names.
  */
 import * as fs from "node:fs";
-import { join } from "node:path";
-import { isRoot, NOBODY, snapshot, tempResidue } from "../test/helpers.ts";
+import { basename, join } from "node:path";
+import { type EntryState, isRoot, NOBODY, snapshot, tempResidue } from "../test/helpers.ts";
 import {
   buildInjector,
   durableFile,
   escapeRegex,
   freshDir,
+  isBatch,
   makePayload,
   outcomeOf,
   pool,
   type Row,
+  secondPayload,
   spawnAsync,
   type TempKind,
   type Writer,
@@ -39,7 +41,11 @@ export const ERRNOS: Record<string, number> = { EIO: 5, ENOSPC: 28, EACCES: 13 }
 const PROTOCOL =
   "openat,open,creat,write,pwrite64,writev,pwritev,pwritev2,fchmod,fchown,fsync,fdatasync,close,rename,renameat,renameat2,linkat,link,unlink,unlinkat";
 
-type Expect = "fails" | "published" | "succeeds";
+/**
+ * fails: nothing changed. published: the call failed after every rename, all new. succeeds: all
+ * new. partial: a batch's second rename failed: the first file is new, the second as it was.
+ */
+type Expect = "fails" | "published" | "succeeds" | "partial";
 
 interface Step {
   label: string;
@@ -65,21 +71,36 @@ function matchDir(dir: string): string {
   return `(^| )${escapeRegex(dir)}(/| |$)`;
 }
 
-/** A directory holding the old version, owned by someone else when we may arrange that. */
-function prepare(work: string, label: string): { dir: string; target: string; payloadFile: string; next: Buffer } {
+interface Prepared {
+  dir: string;
+  /** The path the writer is given (a batch also writes `${target}2`). */
+  target: string;
+  payloadFile: string;
+  /** Each file the write replaces, with its new contents. */
+  files: { path: string; next: Buffer }[];
+}
+
+/** A directory holding the old versions, owned by someone else when we may arrange that. */
+function prepare(work: string, label: string, writer: Writer): Prepared {
   const dir = freshDir(work, label);
   const target = join(dir, "target");
-  durableFile(target, makePayload(1, 20_000), OLD_MODE);
-  // Another owner makes the protocol's fchown happen, so it can be failed too.
-  if (isRoot) fs.chownSync(target, NOBODY, NOBODY);
-  const next = makePayload(2, 150_000);
   const payloadFile = join(dir, "..", `${label}.payload`);
-  fs.writeFileSync(payloadFile, next);
-  return { dir, target, payloadFile, next };
+  const files = [{ path: target, next: makePayload(2, 150_000) }];
+  fs.writeFileSync(payloadFile, files[0]?.next as Buffer);
+  if (isBatch(writer)) {
+    files.push({ path: `${target}2`, next: makePayload(12, 60_000) });
+    fs.writeFileSync(secondPayload(payloadFile), files[1]?.next as Buffer);
+  }
+  for (const [index, file] of files.entries()) {
+    durableFile(file.path, makePayload(1 + 10 * index, 20_000), OLD_MODE);
+    // Another owner makes the protocol's fchown happen, so it can be failed too.
+    if (isRoot) fs.chownSync(file.path, NOBODY, NOBODY);
+  }
+  return { dir, target, payloadFile, files };
 }
 
 /** Names each protocol call of a clean run, and says what failing it must lead to. */
-function classify(subjects: string[], dir: string): Step[] {
+function classify(subjects: string[], dir: string, batch: boolean): Step[] {
   const d = escapeRegex(dir);
   const temp = `${d}/(#\\d+ \\(deleted\\)|\\.[^/]*\\.tmp)`;
   const rules: [RegExp, string, Expect][] = [
@@ -92,7 +113,7 @@ function classify(subjects: string[], dir: string): Step[] {
     [new RegExp(`^(fsync|fdatasync) (${temp}|${d}/target)$`), "fsync temp", "fails"],
     [new RegExp(`^(linkat|link) .* -> ${temp}$`), "linkat temp", "fails"],
     [new RegExp(`^close ${temp}$`), "close temp", "succeeds"],
-    [new RegExp(`^(rename|renameat|renameat2) ${temp} -> ${d}/target$`), "rename", "fails"],
+    [new RegExp(`^(rename|renameat|renameat2) ${temp} -> ${d}/target2?$`), "rename", "fails"],
     [new RegExp(`^(openat|open) ${d} directory$`), "open dir", "published"],
     [new RegExp(`^(fsync|fdatasync) ${d}$`), "fsync dir", "published"],
   ];
@@ -121,7 +142,10 @@ function classify(subjects: string[], dir: string): Step[] {
     if (label === undefined) continue; // not a protocol step (e.g. the O_PATH probe of the directory)
     const count = (perLabel.get(label) ?? 0) + 1;
     perLabel.set(label, count);
-    steps.push({ label: label === "write" ? `write #${count}` : label, syscall, nth, expect });
+    // A batch whose second rename fails has already replaced the first file.
+    if (batch && label === "rename" && count > 1) expect = "partial";
+    const numbered = label === "write" || count > 1 ? `${label} #${count}` : label;
+    steps.push({ label: numbered, syscall, nth, expect });
   }
   return steps;
 }
@@ -140,7 +164,7 @@ function matchedSubjects(log: string): { subject: string; injected: boolean }[] 
 
 export async function discover(writer: Writer, kind: TempKind, work: string): Promise<Step[]> {
   const inject = buildInjector(work);
-  const { dir, target, payloadFile } = prepare(work, `discover-${writer}-${kind}`);
+  const { dir, target, payloadFile } = prepare(work, `discover-${writer}-${kind}`, writer);
   const command = writerCommand(writer, target, payloadFile, kind, work);
   const log = join(dir, "..", `discover-${writer.replace(":", "_")}-${kind}.log`);
   const run = await spawnAsync(
@@ -152,13 +176,14 @@ export async function discover(writer: Writer, kind: TempKind, work: string): Pr
   return classify(
     matchedSubjects(log).map((m) => m.subject),
     dir,
+    isBatch(writer),
   );
 }
 
 async function runCell(writer: Writer, kind: TempKind, step: Step, errno: string, work: string): Promise<Cell> {
   const inject = buildInjector(work);
   const label = `fault-${writer}-${kind}-${step.label}-${errno}`;
-  const { dir, target, payloadFile, next } = prepare(work, label);
+  const { dir, target, payloadFile, files } = prepare(work, label, writer);
   const before = snapshot(dir);
   const command = writerCommand(writer, target, payloadFile, kind, work);
   const log = join(dir, "..", `${label.replace(/[^a-z0-9-]/gi, "_")}.log`);
@@ -188,42 +213,60 @@ async function runCell(writer: Writer, kind: TempKind, step: Step, errno: string
   if (residue.length > 0) problem(`temp left behind: ${residue.join(", ")}`);
   const isCli = writer === "cli";
   const stderrLines = run.stderr.trim().split("\n").filter(Boolean);
-  if (step.expect === "succeeds") {
+  const failed = step.expect !== "succeeds";
+  const published = step.expect === "published" || step.expect === "partial";
+  if (!failed) {
     if (!outcome.ok) problem(`should have succeeded, failed with ${outcome.code ?? `exit ${outcome.status}`}`);
+  } else if (outcome.ok) problem("reported success although a protocol call failed");
+  else if (isCli) {
+    const want = published ? 3 : 1;
+    if (outcome.status !== want) problem(`CLI exited ${outcome.status}, expected ${want}`);
+    if (stderrLines.length !== 1 || !(stderrLines[0] as string).includes(target)) {
+      problem(`CLI stderr is not one line naming the path: ${JSON.stringify(run.stderr)}`);
+    }
   } else {
-    if (outcome.ok) problem("reported success although a protocol call failed");
-    else if (isCli) {
-      const want = step.expect === "published" ? 3 : 1;
-      if (outcome.status !== want) problem(`CLI exited ${outcome.status}, expected ${want}`);
-      if (stderrLines.length !== 1 || !(stderrLines[0] as string).includes(target)) {
-        problem(`CLI stderr is not one line naming the path: ${JSON.stringify(run.stderr)}`);
+    if (outcome.code !== errno) problem(`.code is ${outcome.code}, expected ${errno}`);
+    // A batch's directory fsync is one call for several files: it names the directory.
+    const named = isBatch(writer) && step.expect === "published" ? [dir] : files.map((file) => file.path);
+    if (!named.some((path) => outcome.message?.includes(path))) {
+      problem(`message does not name the path: ${outcome.message}`);
+    }
+    if ((outcome.published === true) !== published) problem(`published is ${outcome.published}`);
+    if (isBatch(writer) && published) {
+      const want = step.expect === "partial" ? [target] : files.map((file) => file.path);
+      if (JSON.stringify(outcome.renamed) !== JSON.stringify(want)) {
+        problem(`renamed is ${JSON.stringify(outcome.renamed)}, expected ${JSON.stringify(want)}`);
       }
-    } else {
-      if (outcome.code !== errno) problem(`.code is ${outcome.code}, expected ${errno}`);
-      if (!outcome.message?.includes(target)) problem(`message does not name the path: ${outcome.message}`);
-      const published = outcome.published === true;
-      if (published !== (step.expect === "published")) problem(`published is ${outcome.published}`);
     }
   }
+  const after = snapshot(dir);
+  // The files this step must leave as they were: all of them, none, or a batch's second one.
+  const unchanged = step.expect === "fails" ? files : step.expect === "partial" ? files.slice(1) : [];
+  const names = new Set(files.map((file) => basename(file.path)));
   if (step.expect === "fails") {
-    const after = snapshot(dir);
     const change = describeChange(before, after);
     if (change) problem(`the directory changed: ${change}`);
   } else {
-    let bytes: Buffer | undefined;
-    try {
-      bytes = fs.readFileSync(target);
-    } catch {
-      problem("the target is gone");
+    for (const file of files) {
+      const name = basename(file.path);
+      if (unchanged.includes(file)) {
+        const change = describeChange({ [name]: before[name] as EntryState }, { [name]: after[name] as EntryState });
+        if (change) problem(`the directory changed: ${change}`);
+        continue;
+      }
+      const entry = after[name];
+      if (!entry) {
+        problem(`${name} is gone`);
+        continue;
+      }
+      if (!fs.readFileSync(file.path).equals(file.next)) problem(`${name} does not hold the whole new version`);
+      if (entry.mode !== OLD_MODE) problem(`${name} has mode 0${entry.mode.toString(8)}, expected 0640`);
+      if (isRoot && !step.label.startsWith("fchown") && (entry.uid !== NOBODY || entry.gid !== NOBODY)) {
+        problem(`${name} is owned by ${entry.uid}:${entry.gid}, expected ${NOBODY}:${NOBODY}`);
+      }
     }
-    if (bytes && !bytes.equals(next)) problem("the target does not hold the whole new version");
-    const stat = fs.statSync(target, { throwIfNoEntry: false });
-    if (stat && (stat.mode & 0o7777) !== OLD_MODE) problem(`mode 0${(stat.mode & 0o7777).toString(8)}, expected 0640`);
-    if (stat && isRoot && step.label !== "fchown" && (stat.uid !== NOBODY || stat.gid !== NOBODY)) {
-      problem(`owner ${stat.uid}:${stat.gid}, expected ${NOBODY}:${NOBODY}`);
-    }
-    const names = fs.readdirSync(dir).filter((n) => n !== "target");
-    if (names.length > 0) problem(`unexpected entries: ${names.join(", ")}`);
+    const extra = Object.keys(after).filter((name) => !names.has(name));
+    if (extra.length > 0) problem(`unexpected entries: ${extra.join(", ")}`);
   }
   return cell;
 }

@@ -32,6 +32,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/user.h>
@@ -63,6 +68,7 @@ struct syscall_info {
 #define GET_SYSCALL_INFO 0x420e
 #define INFO_ENTRY 1
 #define INFO_EXIT 2
+#define INFO_SECCOMP 3
 
 enum shape { FD, PATH, AT_PATH, OPEN, OPENAT, TWO_PATHS, TWO_AT_PATHS, NONE };
 
@@ -202,6 +208,36 @@ static void describe(pid_t tid, const struct call *call, const uint64_t *args, c
   }
 }
 
+/*
+ * Stopping only at watched calls: a seccomp filter in the traced tree marks them for the tracer
+ * and lets every other call run untraced (as strace --seccomp-bpf does), so Bun's thousands of
+ * other calls cost nothing. Where the filter cannot be installed, every call stops instead.
+ */
+static int use_seccomp;
+
+static int install_filter(void) {
+  struct sock_filter program[4 + 2 * NCALLS + 1];
+  size_t n = 0;
+  program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+  program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+  program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+  for (size_t i = 0; i < NCALLS; i++) {
+    if (!watched[i]) continue;
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)CALLS[i].nr, 0, 1);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE);
+  }
+  program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  struct sock_fprog fprog = {.len = (unsigned short)n, .filter = program};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog);
+}
+
+/* Resumes a stopped thread: to its syscall-exit-stop after a watched entry, else freely. */
+static void resume(pid_t tid, int sig, int to_exit) {
+  ptrace(use_seccomp && !to_exit ? PTRACE_CONT : PTRACE_SYSCALL, tid, NULL, (void *)(long)sig);
+}
+
 static const struct call *lookup(long nr) {
   for (size_t i = 0; i < NCALLS; i++)
     if (CALLS[i].nr == nr) return watched[i] ? &CALLS[i] : NULL;
@@ -220,19 +256,20 @@ static pid_t process_of(pid_t tid) {
   return tgid;
 }
 
-static void on_syscall(pid_t tid) {
+/* Handles a syscall stop; returns whether the thread must next stop at that call's exit. */
+static int on_syscall(pid_t tid) {
   struct syscall_info info;
   memset(&info, 0, sizeof info);
-  if (ptrace(GET_SYSCALL_INFO, tid, (void *)sizeof info, &info) < 0) return;
+  if (ptrace(GET_SYSCALL_INFO, tid, (void *)sizeof info, &info) < 0) return 0;
   struct thread *t = thread_of(tid);
-  if (info.op == INFO_ENTRY) {
+  if (info.op == INFO_ENTRY || info.op == INFO_SECCOMP) {
     t->call = lookup((long)info.entry.nr);
     t->match = 0;
     t->injected = 0;
-    if (t->call == NULL) return;
+    if (t->call == NULL) return 0;
     describe(tid, t->call, info.entry.args, t->subject, sizeof t->subject);
     t->count = (t->call->nr == 1 || t->call->nr == 18) ? (long)info.entry.args[2] : -1;
-    if (have_pattern && regexec(&pattern, t->subject, 0, NULL, 0) != 0) return;
+    if (have_pattern && regexec(&pattern, t->subject, 0, NULL, 0) != 0) return 1;
     t->match = ++matches;
     if (t->match == nth && inject_errno) {
       struct user_regs_struct regs;
@@ -241,6 +278,7 @@ static void on_syscall(pid_t tid) {
       if (ptrace(PTRACE_SETREGS, tid, NULL, &regs) < 0) die("SETREGS");
       t->injected = 1;
     }
+    return 1;
   } else if (info.op == INFO_EXIT && t->call != NULL) {
     long ret = (long)info.exit.rval;
     if (t->injected) {
@@ -270,6 +308,7 @@ static void on_syscall(pid_t tid) {
     }
     t->call = NULL;
   }
+  return 0;
 }
 
 static void watch(const char *names) {
@@ -327,15 +366,21 @@ int main(int argc, char **argv) {
   if (root == 0) {
     if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) < 0) die("TRACEME");
     raise(SIGSTOP);
+    if (getenv("INJECT_NO_SECCOMP") == NULL && install_filter() < 0) {
+      fprintf(stderr, "inject: no seccomp filter (%s); stopping at every call\n", strerror(errno));
+      kill(getppid(), SIGUSR1);
+    }
     execvp(command[0], command);
     die(command[0]);
   }
   int status;
   if (waitpid(root, &status, 0) < 0) die("waitpid");
+  use_seccomp = getenv("INJECT_NO_SECCOMP") == NULL;
   long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
-                 PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL;
+                 PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL | (use_seccomp ? PTRACE_O_TRACESECCOMP : 0);
   if (ptrace(PTRACE_SETOPTIONS, root, NULL, (void *)options) < 0) die("SETOPTIONS");
   thread_of(root)->known = 1;
+  /* Until the filter is in place (right before exec), stop at every call. */
   ptrace(PTRACE_SYSCALL, root, NULL, NULL);
 
   int root_status = 0;
@@ -355,9 +400,10 @@ int main(int argc, char **argv) {
     int sig = WSTOPSIG(status);
     int event = status >> 16;
     struct thread *t = thread_of(tid);
-    if (sig == (SIGTRAP | 0x80)) {
+    int to_exit = 0;
+    if (sig == (SIGTRAP | 0x80) || event == PTRACE_EVENT_SECCOMP) {
       t->known = 1;
-      on_syscall(tid);
+      to_exit = on_syscall(tid);
       sig = 0;
     } else if (event != 0) {
       t->known = 1;
@@ -366,7 +412,7 @@ int main(int argc, char **argv) {
       t->known = 1; /* a new thread or child's first stop, not a signal for it */
       sig = 0;
     }
-    ptrace(PTRACE_SYSCALL, tid, NULL, (void *)(long)sig);
+    resume(tid, sig, to_exit);
   }
   if (log_file) fclose(log_file);
   if (WIFSIGNALED(root_status)) return 128 + WTERMSIG(root_status);

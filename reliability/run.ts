@@ -112,7 +112,7 @@ try {
       }
       rows.push(faultRow(writer, cells));
     };
-    for (const api of APIS) {
+    for (const api of [...APIS, ...BATCHES]) {
       const kinds = quick
         ? [{ kind: "anonymous" as TempKind, errnos }]
         : [
