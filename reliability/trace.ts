@@ -85,8 +85,6 @@ export type Op = Base &
 export interface Traced {
   ops: Op[];
   unmodelled: string[];
-  /** Every raw call that touched the modelled directory, for reports and for the fault matrix. */
-  touching: RawCall[];
   /** How many raw calls the trace held. */
   calls: number;
 }
@@ -231,7 +229,6 @@ type FdRef = { kind: "file"; d: Description } | { kind: "dir"; dir: string } | {
 export function interpret(text: string, start: ModelStart): Traced {
   const ops: Op[] = [];
   const unmodelled: string[] = [];
-  const touching: RawCall[] = [];
   const names = new Map(start.entries);
   const sizes = new Map(start.sizes);
   let nextIno = Math.max(0, ...names.values()) + 1;
@@ -266,13 +263,6 @@ export function interpret(text: string, start: ModelStart): Traced {
     const { name, args, ret } = call;
     const a = (i: number) => args[i] ?? "";
     const failed = !(ret >= 0);
-    const touches = args.some((arg) => {
-      const path = annotation(arg);
-      return path !== undefined && (path === start.dir || inDir(path) || path.startsWith(`${start.dir}/#`));
-    });
-    if (touches || (call.retPath !== undefined && (call.retPath === start.dir || inDir(call.retPath)))) {
-      touching.push(call);
-    }
     if (failed) return;
     switch (name) {
       case "open":
@@ -538,5 +528,5 @@ export function interpret(text: string, start: ModelStart): Traced {
     const result = parseResult(parts.result);
     handle({ pid, name: parts.name, args: parts.args, ...result, startOps });
   }
-  return { ops, unmodelled, touching, calls };
+  return { ops, unmodelled, calls };
 }
