@@ -23,6 +23,12 @@ const only = argv
   .find((a) => a.startsWith("--only="))
   ?.slice(7)
   .split(",");
+const TECHNIQUES = ["crash", "faults", "short", "kill", "block"];
+const unknown = only?.filter((name) => !TECHNIQUES.includes(name)) ?? [];
+if (unknown.length > 0) {
+  console.error(`unknown technique ${unknown.join(", ")}; choose from ${TECHNIQUES.join(", ")}`);
+  process.exit(2);
+}
 const wanted = (technique: string) => only === undefined || only.includes(technique);
 
 /** Which checkers exist to catch which broken writer: each one listed must catch it. */
@@ -73,7 +79,7 @@ async function technique(name: string, body: () => Promise<void>): Promise<void>
 }
 
 try {
-  if (!isRoot) log("note: not root; the checks that mount file systems are skipped");
+  if (!isRoot) log("note: not root; the block-level check cannot mount its images and will fail");
 
   await technique("crash", async () => {
     log("crash-state explorer");
