@@ -307,6 +307,7 @@ const ops = {
   fchown: (fd: number, uid: number, gid: number): void => fs.fchownSync(fd, uid, gid),
   fchmod: (fd: number, mode: number): void => fs.fchmodSync(fd, mode),
   fsync: (fd: number): void => fs.fsyncSync(fd),
+  fsyncInline: (fd: number): void => fs.fsyncSync(fd),
   fdatasync: (fd: number): void => fs.fdatasyncSync(fd),
   close: (fd: number): void => fs.closeSync(fd),
   rename: (from: string, to: string): void => fs.renameSync(from, to),
@@ -480,10 +481,26 @@ function fileKey(path: string): string {
     return resolvePath(path); // the write itself will report the error, in its turn
   }
   try {
-    return `${fs.realpathSync(dirname(target))}/${basename(target)}`;
+    return `${realDirectory(resolvePath(dirname(target)))}/${basename(target)}`;
   } catch {
     return resolvePath(target);
   }
+}
+
+const realDirectories = new Map<string, string>();
+
+/**
+ * A directory's real path, remembered: it only orders writes, so a directory symlink re-pointed
+ * while the program runs can at worst let two writes settle out of order, each still atomic.
+ */
+function realDirectory(directory: string): string {
+  let real = realDirectories.get(directory);
+  if (real === undefined) {
+    if (realDirectories.size >= 4096) realDirectories.clear();
+    real = fs.realpathSync(directory);
+    realDirectories.set(directory, real);
+  }
+  return real;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,7 +647,7 @@ function* stageTemp(
     if (replay) yield* copyPrefix(replay, temp.fd);
     yield* writeAll(temp.fd, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
-    if (request.durable) yield* sys("fsync", temp.fd);
+    if (request.durable) yield* flush(temp.fd, dirname(target.path));
     yield* nameTemp(temp, target.path, request.durable);
     temp.open = false;
     yield* sys("close", temp.fd);
@@ -719,7 +736,7 @@ function* nameTemp(temp: Temp, target: string, durable: boolean): Plan<void> {
     }
   }
   // btrfs may not persist an fsync of a file that had no name yet: flush it again now it has one.
-  if (durable && (yield* onBtrfs(dirname(target)))) yield* sys("fdatasync", temp.fd);
+  if (durable && (yield* fileSystemType(dirname(target))) === BTRFS_MAGIC) yield* sys("fdatasync", temp.fd);
 }
 
 function tempName(target: string): string {
@@ -759,10 +776,17 @@ function* writeChunk(fd: number, chunk: Uint8Array): Plan<void> {
   }
 }
 
+/**
+ * The process's effective ids, read once (two system calls a write saved). A program that changes
+ * them later at worst makes a harmless extra fchown, or leaves a file it could have given back to
+ * its old owner with the process's new ids.
+ */
+const ids = { uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
+
 /** Step 4: owner first, since chown clears the setuid and setgid bits that the mode may set. */
 function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined): Plan<void> {
   const old = target.existing;
-  if (old && (old.uid !== process.geteuid?.() || old.gid !== process.getegid?.())) {
+  if (old && (old.uid !== ids.uid || old.gid !== ids.gid)) {
     try {
       yield* sys("fchown", fd, old.uid, old.gid);
     } catch {
@@ -789,7 +813,7 @@ function* syncDirectory(directory: string): Plan<void> {
   try {
     const fd = yield* sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
     try {
-      yield* sys("fsync", fd);
+      yield* flush(fd, directory);
     } finally {
       yield* quietly("close", fd);
     }
@@ -808,6 +832,8 @@ const O_CLOEXEC = 0o2000000; // so a child spawned meanwhile does not inherit th
 const AT_FDCWD = -100;
 const AT_SYMLINK_FOLLOW = 0x400;
 const BTRFS_MAGIC = 0x9123683e;
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
 /** What open(O_TMPFILE) answers where the kernel or the file system does not support it. */
 const NO_ANONYMOUS_TEMPS: ReadonlySet<string> = new Set(["EOPNOTSUPP", "ENOTSUP", "EISDIR", "EINVAL", "ENOSYS"]);
 
@@ -865,7 +891,8 @@ function cString(text: string): Buffer {
 
 interface DirectoryTraits {
   anonymous: boolean;
-  btrfs?: boolean;
+  /** statfs f_type of the directory's file system, once asked. */
+  fsType?: number;
 }
 
 const traits = new Map<string, DirectoryTraits>();
@@ -887,10 +914,19 @@ function anonymousTempsAllowed(directory: string): boolean {
   return libc !== null && directoryTraits(directory).anonymous;
 }
 
-function* onBtrfs(directory: string): Plan<boolean> {
+function* fileSystemType(directory: string): Plan<number> {
   const known = directoryTraits(directory);
-  known.btrfs ??= (yield* sys("statfsType", directory)) === BTRFS_MAGIC;
-  return known.btrfs;
+  known.fsType ??= yield* sys("statfsType", directory);
+  return known.fsType;
+}
+
+/**
+ * fsync. On a file system in memory (tmpfs, ramfs) it returns at once, so the async driver runs it
+ * inline: a hop to the thread pool would cost more than the call.
+ */
+function* flush(fd: number, directory: string): Plan<void> {
+  const type = yield* fileSystemType(directory);
+  yield* sys(type === TMPFS_MAGIC || type === RAMFS_MAGIC ? "fsyncInline" : "fsync", fd);
 }
 
 // ---------------------------------------------------------------------------------------------
