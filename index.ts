@@ -592,7 +592,8 @@ function* batchPlan(requests: Request[], durable: boolean): Plan<void> {
     throw error;
   }
   const renamed: string[] = [];
-  const directories = new Set<string>();
+  // Each directory touched, with the first file renamed into it: the one its fsync error names.
+  const directories = new Map<string, string>();
   let failure: unknown;
   for (const [index, one] of staged.entries()) {
     try {
@@ -603,14 +604,14 @@ function* batchPlan(requests: Request[], durable: boolean): Plan<void> {
       break;
     }
     renamed.push(one.shown);
-    directories.add(dirname(one.target));
+    if (!directories.has(dirname(one.target))) directories.set(dirname(one.target), one.shown);
   }
   // Even after a failed rename, the renames that did happen are made durable.
-  for (const directory of durable ? directories : []) {
+  for (const [directory, shown] of durable ? directories : []) {
     try {
       yield* syncDirectory(directory);
     } catch (error) {
-      failure ??= blame(error, directory);
+      failure ??= blame(error, shown);
     }
   }
   if (failure === undefined) return;
