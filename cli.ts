@@ -5,7 +5,7 @@
  * Exit codes: 0 written and durable; 1 nothing written; 2 usage error;
  * 3 written, but the directory fsync failed (durability unconfirmed).
  */
-import { readSync } from "node:fs";
+import { readSync, writeSync } from "node:fs";
 import { type AtomicWriteError, atomicWriteStream } from "./index.ts";
 import { version } from "./package.json";
 
@@ -62,21 +62,37 @@ function parseMode(text: string): number {
 const STDIN = 0;
 const CHUNK = 1024 * 1024;
 
-/** Standard input in chunks of one reused buffer: memory stays bounded whatever the input size. */
+/**
+ * Standard input in chunks of one reused buffer: memory stays bounded whatever the input size. A
+ * pipe hands over at most 64 KiB a read, so the buffer is filled first: one write per MiB, not 16.
+ */
 function* standardInput(): Generator<Uint8Array> {
   const buffer = Buffer.allocUnsafe(CHUNK);
   for (;;) {
-    let count: number;
+    let filled = 0;
+    let ended = false;
+    while (filled < CHUNK) {
+      const count = readSome(buffer, filled);
+      if (count === 0) {
+        ended = true;
+        break;
+      }
+      filled += count;
+    }
+    if (filled > 0) yield buffer.subarray(0, filled);
+    if (ended) return;
+  }
+}
+
+function readSome(buffer: Buffer, offset: number): number {
+  for (;;) {
     try {
-      count = readSync(STDIN, buffer, 0, CHUNK, null);
+      return readSync(STDIN, buffer, offset, buffer.length - offset, null);
     } catch (error) {
       // An inherited non-blocking stdin has nothing yet: wait a moment rather than fail.
       if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error;
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
-      continue;
     }
-    if (count === 0) return;
-    yield buffer.subarray(0, count);
   }
 }
 
@@ -86,15 +102,15 @@ async function main(args: string[]): Promise<number> {
     command = parse(args);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    process.stderr.write(`atomic-write: ${error.message} (try 'atomic-write --help')\n`);
+    say(2, `atomic-write: ${error.message} (try 'atomic-write --help')\n`);
     return 2;
   }
   if (command.kind === "help") {
-    process.stdout.write(USAGE);
+    say(1, USAGE);
     return 0;
   }
   if (command.kind === "version") {
-    process.stdout.write(`atomic-write ${version}\n`);
+    say(1, `atomic-write ${version}\n`);
     return 0;
   }
   try {
@@ -104,13 +120,18 @@ async function main(args: string[]): Promise<number> {
     const failure = error as AtomicWriteError;
     const text = oneLine(failure.message ?? String(error));
     if (failure.published) {
-      process.stderr.write(`atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
+      say(2, `atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
       return 3;
     }
     const named = text.includes(command.path) ? text : `'${command.path}': ${text}`;
-    process.stderr.write(`atomic-write: ${named}; nothing was written\n`);
+    say(2, `atomic-write: ${named}; nothing was written\n`);
     return 1;
   }
+}
+
+/** Writes straight to the descriptor: setting up process.stdout would double the start-up time. */
+function say(fd: 1 | 2, text: string): void {
+  writeSync(fd, text);
 }
 
 function oneLine(text: string): string {

@@ -13,12 +13,10 @@
  * therefore follow the very same steps in the very same order.
  */
 
-import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { constants as osConstants } from "node:os";
 import { basename, dirname, resolve as resolvePath } from "node:path";
 import { fileURLToPath } from "node:url";
-import { getSystemErrorMap } from "node:util";
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -752,7 +750,8 @@ let entropyAt = 0;
 /** 48 random bits, unpredictable to other users (drawn from the CSPRNG in batches). */
 function randomHex(): string {
   if (entropyAt + 6 > entropy.length) {
-    entropy = randomBytes(6 * 256);
+    // Web Crypto's CSPRNG: importing node:crypto would add ~20 ms to the CLI's start-up.
+    entropy = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer);
     entropyAt = 0;
   }
   entropyAt += 6;
@@ -864,8 +863,8 @@ function loadLibc(): AnonymousFiles | null {
     });
     const failure = (syscall: string, path: string) => {
       const errno = read.i32(symbols.__errno_location() as NonNullable<ReturnType<typeof symbols.__errno_location>>, 0);
-      const [code, text] = getSystemErrorMap().get(-errno) ?? ["EIO", "i/o error"];
-      return systemError(code, text, syscall, path);
+      const code = errnoCodes().get(errno) ?? "EIO";
+      return systemError(code, ERRNO_TEXT[code] ?? `system call failed (errno ${errno})`, syscall, path);
     };
     const flags = O_TMPFILE | O_CLOEXEC | fs.constants.O_WRONLY;
     return {
@@ -884,6 +883,27 @@ function loadLibc(): AnonymousFiles | null {
   } catch {
     return null;
   }
+}
+
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EIO: "i/o error",
+  ENOTDIR: "not a directory",
+  EMFILE: "too many open files",
+  EEXIST: "file already exists",
+};
+
+let codes: Map<number, string> | undefined;
+
+/** errno numbers back to their codes (node:util's map would cost start-up time for a rare path). */
+function errnoCodes(): Map<number, string> {
+  codes ??= new Map(Object.entries(osConstants.errno).map(([code, errno]) => [errno, code]));
+  return codes;
 }
 
 function cString(text: string): Buffer {
