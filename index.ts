@@ -884,7 +884,8 @@ function loadLibc(): AnonymousFiles | null {
         if (linkByDescriptor) {
           if (symbols.linkat(fd, EMPTY, AT_FDCWD, name, AT_EMPTY_PATH) === 0) return;
           const error = failure("linkat", path);
-          if (error.code === "EEXIST") throw error; // a name clash, not a refusal: the caller retries
+          // Older kernels refuse an unprivileged caller with ENOENT; any other error is the write's own.
+          if (!["ENOENT", "EINVAL", "EPERM"].includes(error.code as string)) throw error;
           linkByDescriptor = false;
         }
         if (symbols.linkat(AT_FDCWD, cString(`/proc/self/fd/${fd}`), AT_FDCWD, name, AT_SYMLINK_FOLLOW) < 0) {
