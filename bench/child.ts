@@ -1,0 +1,72 @@
+/**
+ * One measurement in a fresh process, so nothing another cell allocated or traced is counted.
+ *
+ *   bun bench/child.ts '{"job":"memory","contender":"wfa-sync","data":"ascii","bytes":536870912,"path":"..."}'
+ *     builds the data, resets the peak RSS (VmHWM) to the current RSS, writes once, and prints
+ *     {"baseKiB":…, "peakKiB":…} as JSON: the extra peak is peak - base.
+ *   bun bench/child.ts '{"job":"loop","contender":"aw-sync-bytes","bytes":100,"count":500,"path":"..."}'
+ *     writes `count` times (run under `strace -c -f` by the bench, twice with different counts).
+ */
+import * as fs from "node:fs";
+import { contender, type Payload } from "./contenders.ts";
+
+interface MemoryJob {
+  job: "memory";
+  contender: string;
+  data: "ascii" | "non-ascii" | "buffer";
+  bytes: number;
+  path: string;
+}
+
+interface LoopJob {
+  job: "loop";
+  contender: string;
+  bytes: number;
+  count: number;
+  path: string;
+}
+
+function status(field: "VmHWM" | "VmRSS"): number {
+  const match = fs.readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
+  if (!match) throw new Error(`no ${field} in /proc/self/status`);
+  return Number(match[1]);
+}
+
+/** Data of `bytes` UTF-8 bytes, built without a large temporary so the baseline RSS is the data itself. */
+function build(data: MemoryJob["data"], bytes: number): Payload {
+  if (data === "buffer") return { kind: "bytes", bytes: Buffer.alloc(bytes, 0x61) };
+  // "€" is 3 bytes of UTF-8 and forces a 16-bit string: the hardest case for an encoder.
+  const text = data === "ascii" ? "a".repeat(bytes) : "€".repeat(Math.floor(bytes / 3));
+  // A repeat may come back as a rope; searching it makes the engine flatten it now, before the baseline.
+  if (text.indexOf("\0") !== -1) throw new Error("unexpected NUL");
+  return { kind: "text", text, bytes: new Uint8Array(0) };
+}
+
+async function memory(job: MemoryJob): Promise<void> {
+  const payload = build(job.data, job.bytes);
+  const who = contender(job.contender);
+  Bun.gc(true);
+  let reset = true;
+  try {
+    // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    fs.writeFileSync("/proc/self/clear_refs", "5");
+  } catch {
+    reset = false;
+  }
+  const baseKiB = reset ? status("VmHWM") : status("VmRSS");
+  await who.write(job.path, payload);
+  const peakKiB = status("VmHWM");
+  process.stdout.write(`${JSON.stringify({ baseKiB, peakKiB, reset })}\n`);
+}
+
+async function loop(job: LoopJob): Promise<void> {
+  const text = "x".repeat(job.bytes);
+  const payload: Payload = { kind: "both", text, bytes: Buffer.from(text) };
+  const who = contender(job.contender);
+  for (let i = 0; i < job.count; i++) await who.write(job.path, payload);
+}
+
+const job = JSON.parse(process.argv[2] ?? "{}") as MemoryJob | LoopJob;
+if (job.job === "memory") await memory(job);
+else if (job.job === "loop") await loop(job);
+else throw new Error(`unknown job ${process.argv[2]}`);
