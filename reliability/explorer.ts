@@ -121,15 +121,7 @@ function forcedAt(ops: Op[], k: number): boolean[] {
 }
 
 export function explore(ops: Op[], scenario: Scenario, options: { cap: number; seed: number }): Exploration {
-  const result: Exploration = {
-    crashPoints: 0,
-    states: 0,
-    possible: 0,
-    sampled: false,
-    bad: [],
-    badCount: 0,
-    residueStates: 0,
-  };
+  const result: Exploration = { ...NOTHING, bad: [] };
   // Inodes that some state could show under a target's name.
   const candidates = new Set<number>();
   const targetNames = new Set(scenario.targets.map((t) => t.name));
