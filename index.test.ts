@@ -205,26 +205,31 @@ const ALL_ASTRAL = `x${"😀".repeat(300_000)}`;
 
 /**
  * Every contract below holds for both kinds of temp file (SPEC: "both paths are tested on every run"):
- * the anonymous O_TMPFILE inode the library prefers on Linux, and the named temp it falls back to.
- * The library reads the variable on every call, and child processes inherit it.
+ * the anonymous O_TMPFILE inode the library prefers on Linux, and the named temp it falls back to;
+ * and for both layers that make the system calls: libc through bun:ffi (the default under Bun on
+ * Linux) and node:fs (what Node.js and other platforms use; it has no O_TMPFILE, so named temps).
+ * The library reads the variables on every call, and child processes inherit them.
  */
 const TEMP_KINDS = [
-  ["anonymous O_TMPFILE temps (the default on Linux)", undefined],
-  ["named temps (ATOMIC_WRITE_TMPFILE=0)", "0"],
+  ["anonymous O_TMPFILE temps (the default on Linux)", {}],
+  ["named temps (ATOMIC_WRITE_TMPFILE=0)", { ATOMIC_WRITE_TMPFILE: "0" }],
+  ["the node:fs system-call layer (ATOMIC_WRITE_FFI=0)", { ATOMIC_WRITE_FFI: "0" }],
 ] as const;
 
-const namedTemps = () => process.env.ATOMIC_WRITE_TMPFILE === "0";
+const CHOICES = ["ATOMIC_WRITE_TMPFILE", "ATOMIC_WRITE_FFI"] as const;
 
-describe.each(TEMP_KINDS)("with %s", (_kind, setting) => {
-  const saved = process.env.ATOMIC_WRITE_TMPFILE;
-  beforeAll(() => {
-    if (setting === undefined) delete process.env.ATOMIC_WRITE_TMPFILE;
-    else process.env.ATOMIC_WRITE_TMPFILE = setting;
-  });
-  afterAll(() => {
-    if (saved === undefined) delete process.env.ATOMIC_WRITE_TMPFILE;
-    else process.env.ATOMIC_WRITE_TMPFILE = saved;
-  });
+const namedTemps = () => process.env.ATOMIC_WRITE_TMPFILE === "0" || process.env.ATOMIC_WRITE_FFI === "0";
+
+describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CHOICES)[number], string>>) => {
+  const saved = CHOICES.map((name) => [name, process.env[name]] as const);
+  const restore = (values: readonly (readonly [string, string | undefined])[]) => {
+    for (const [name, value] of values) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  };
+  beforeAll(() => restore(CHOICES.map((name) => [name, settings[name]] as const)));
+  afterAll(() => restore(saved));
 
   describe.each(rows(TEXT))("%s writes text exactly as encoded", (_name, v) => {
     test.each(ENCODED)("in %s, byte for byte", async (encoding, text, bytes) => {
