@@ -68,7 +68,7 @@ export type AtomicWriteError = NodeJS.ErrnoException & { published?: true; renam
 
 export function atomicWriteText(path: fs.PathLike, data: string, options?: TextWriteOptions): void {
   const request = textRequest(path, data, options);
-  runSync(writePlan(request, request.chunks()));
+  runSync(writePlan(request, request.chunks(syncScratch())));
 }
 
 export function atomicWriteBytes(path: fs.PathLike, data: BytesLike, options?: WriteOptions): void {
@@ -103,8 +103,11 @@ interface Request {
   shown: string;
   /** The path as a string the file system accepts. */
   path: string;
-  /** A fresh iterator over the bytes to write. */
-  chunks: () => Chunks;
+  /**
+   * A fresh iterator over the bytes to write. Text is encoded into `scratch` when one is given:
+   * sync writes share one, since each chunk is written before the next is encoded.
+   */
+  chunks: (scratch?: Buffer) => Chunks;
   /** Total byte count when known in advance (lets `ifChanged` compare sizes first). */
   length?: number;
   mode?: number;
@@ -118,7 +121,7 @@ function textRequest(path: fs.PathLike, data: unknown, options: unknown): Reques
   const encoding = encodingOf(options);
   // The byte count only serves ifChanged, and counting a huge string costs a full pass over it.
   const length = base.ifChanged ? Buffer.byteLength(data, encoding) : undefined;
-  return { ...base, chunks: () => textChunks(data, encoding), length };
+  return { ...base, chunks: (scratch) => textChunks(data, encoding, scratch), length };
 }
 
 function bytesRequest(path: fs.PathLike, data: unknown, options: unknown): Request {
@@ -214,12 +217,12 @@ const PIECEWISE: ReadonlySet<string> = new Set([
   "ascii",
 ]);
 
-function* textChunks(text: string, encoding: BufferEncoding): Generator<Uint8Array> {
-  if (text.length <= TEXT_PIECE || !PIECEWISE.has(encoding.toLowerCase())) {
+function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): Generator<Uint8Array> {
+  if (!PIECEWISE.has(encoding.toLowerCase()) || (scratch === undefined && text.length <= TEXT_PIECE)) {
     yield Buffer.from(text, encoding);
     return;
   }
-  const buffer = Buffer.allocUnsafe(TEXT_PIECE * 3);
+  const buffer = scratch ?? Buffer.allocUnsafe(TEXT_PIECE * 3);
   for (let start = 0; start < text.length; ) {
     let end = Math.min(start + TEXT_PIECE, text.length);
     // Never split a surrogate pair: each half alone would encode as U+FFFD.
@@ -228,6 +231,17 @@ function* textChunks(text: string, encoding: BufferEncoding): Generator<Uint8Arr
     yield buffer.subarray(0, written);
     start = end;
   }
+}
+
+let scratchBuffer: Buffer | undefined;
+
+/**
+ * The one buffer sync writes encode text into: a fresh buffer per write is garbage whose
+ * collection costs more than the rest of a small write. Async writes interleave, so each has its own.
+ */
+function syncScratch(): Buffer {
+  scratchBuffer ??= Buffer.allocUnsafe(TEXT_PIECE * 3);
+  return scratchBuffer;
 }
 
 function isHighSurrogate(unit: number): boolean {
@@ -554,7 +568,7 @@ function batchRequests(entries: unknown, options: unknown): { requests: Request[
 /** Writes several files: all are staged, then all renamed, then each directory fsynced once. */
 export function atomicWriteMany(entries: BatchEntry[], options?: BatchOptions): void {
   const { requests, durable } = batchRequests(entries, options);
-  runSync(batchPlan(requests, durable));
+  runSync(batchPlan(requests, durable, syncScratch()));
 }
 
 export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptions): Promise<void> {
@@ -598,12 +612,12 @@ function* writePlan(request: Request, chunks: Chunks): Plan<void> {
   }
 }
 
-function* batchPlan(requests: Request[], durable: boolean): Plan<void> {
+function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Plan<void> {
   const staged: Staged[] = [];
   try {
     for (const request of requests) {
       try {
-        const one = yield* stage(request, request.chunks());
+        const one = yield* stage(request, request.chunks(scratch));
         if (one) staged.push(one);
       } catch (error) {
         throw blame(error, request.shown);
