@@ -2,7 +2,8 @@
  * One measurement in a fresh process, so nothing another cell allocated or traced is counted.
  *
  *   bun bench/child.ts '{"job":"memory","contender":"wfa-sync","data":"ascii","bytes":536870912,"path":"..."}'
- *     builds the data, resets the peak RSS (VmHWM) to the current RSS, writes once, and prints
+ *     builds the data, writes 1 MiB of it once to warm up, resets the peak RSS (VmHWM) to the current
+ *     RSS, writes once, and prints
  *     {"baseKiB":…, "peakKiB":…} as JSON: the extra peak is peak - base.
  *   bun bench/child.ts '{"job":"loop","contender":"aw-sync-bytes","bytes":100,"count":500,"path":"..."}'
  *     writes `count` times (run under `strace -c -f` by the bench, twice with different counts).
@@ -45,6 +46,11 @@ function build(data: MemoryJob["data"], bytes: number): Payload {
 async function memory(job: MemoryJob): Promise<void> {
   const payload = build(job.data, job.bytes);
   const who = contender(job.contender);
+  // One 1 MiB write of the same kind first: what a module costs once (loading libc, compiling its
+  // code) is not what each write costs, and a long-running program pays it once.
+  const warm = `${job.path}.warm`;
+  await who.write(warm, build(job.data, Math.min(job.bytes, 1024 * 1024)));
+  fs.rmSync(warm);
   Bun.gc(true);
   let reset = true;
   try {

@@ -377,8 +377,10 @@ async function memory(): Promise<void> {
   }
   const text = [
     `Each cell is a fresh \`bun bench/child.ts\` process on ${scratch.name}: it builds the data (${size(bytes)} of`,
-    "UTF-8 output each: ASCII `a`s, `€`s (a 16-bit string, 3 bytes each in UTF-8), or a Buffer), runs a GC, resets",
-    "its peak RSS to its current RSS (`echo 5 > /proc/self/clear_refs`), writes once, and reads VmHWM again.",
+    "UTF-8 output each: ASCII `a`s, `€`s (a 16-bit string, 3 bytes each in UTF-8), or a Buffer), has the contender",
+    "write 1 MiB of the same kind once (so loading and compiling its code, paid once per process, is not counted),",
+    "runs a GC, resets its peak RSS to its current RSS (`echo 5 > /proc/self/clear_refs`), writes once, and reads",
+    "VmHWM again.",
     "Extra = peak − baseline, in MiB. The C floor takes bytes only; its own extra (a call through",
     "`bun:ffi` that allocates nothing) shows how much of a number is the runtime, not the writer.",
     noReset ? "\n**clear_refs could not be written: baselines are VmRSS, peaks VmHWM (may include set-up).**" : "",
