@@ -5,8 +5,9 @@
  * Exit codes: 0 written and durable; 1 nothing written; 2 usage error;
  * 3 written, but the directory fsync failed (durability unconfirmed).
  */
-import { readSync, writeSync } from "node:fs";
-import { type AtomicWriteError, atomicWriteStream } from "./index.ts";
+// Only what --help and --version need is loaded up front: the library (and node:fs, bun:ffi) is
+// imported when there is something to write.
+import type { AtomicWriteError } from "./index.ts";
 import { version } from "./package.json";
 
 const USAGE = `Usage: atomic-write [--mode OCTAL] <path>
@@ -67,26 +68,31 @@ const F_SETPIPE_SZ = 1031; // fcntl command (Linux)
  * Standard input in chunks of one reused buffer: memory stays bounded whatever the input size. A
  * pipe hands over at most 64 KiB a read, so the buffer is filled first: one write per MiB, not 16.
  */
-function* standardInput(): Generator<Uint8Array> {
-  widenPipe();
+function* standardInput(readSync: ReadSync): Generator<Uint8Array> {
   const buffer = Buffer.allocUnsafe(CHUNK);
-  for (;;) {
+  for (let first = true; ; first = false) {
     let filled = 0;
     let ended = false;
     while (filled < CHUNK) {
-      const count = readSome(buffer, filled);
+      const count = readSome(readSync, buffer, filled);
       if (count === 0) {
         ended = true;
         break;
       }
       filled += count;
     }
-    if (filled > 0) yield buffer.subarray(0, filled);
-    if (ended) return;
+    if (ended) {
+      if (filled > 0) yield buffer.subarray(0, filled);
+      return;
+    }
+    if (first) widenPipe(); // a large input: worth the cost of loading the call
+    yield buffer;
   }
 }
 
-function readSome(buffer: Buffer, offset: number): number {
+type ReadSync = typeof import("node:fs").readSync;
+
+function readSome(readSync: ReadSync, buffer: Buffer, offset: number): number {
   for (;;) {
     try {
       return readSync(STDIN, buffer, offset, buffer.length - offset, null);
@@ -107,7 +113,7 @@ function readSome(buffer: Buffer, offset: number): number {
 function widenPipe(): void {
   if (process.platform !== "linux") return;
   try {
-    const { dlopen, FFIType } = import.meta.require("bun:ffi") as typeof import("bun:ffi");
+    const { dlopen, FFIType } = process.getBuiltinModule("bun:ffi") as typeof import("bun:ffi");
     const { symbols } = dlopen("libc.so.6", {
       fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     });
@@ -134,8 +140,9 @@ async function main(args: string[]): Promise<number> {
     say(1, `atomic-write ${version}\n`);
     return 0;
   }
+  const [{ atomicWriteStream }, { readSync }] = await Promise.all([import("./index.ts"), import("node:fs")]);
   try {
-    await atomicWriteStream(command.path, standardInput(), { mode: command.mode });
+    await atomicWriteStream(command.path, standardInput(readSync), { mode: command.mode });
     return 0;
   } catch (error) {
     const failure = error as AtomicWriteError;
@@ -150,13 +157,18 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-/** Writes straight to the descriptor: setting up process.stdout would double the start-up time. */
+/** The console, not process.stdout (whose set-up would double the start-up time) nor node:fs. */
 function say(fd: 1 | 2, text: string): void {
-  writeSync(fd, text);
+  const line = text.endsWith("\n") ? text.slice(0, -1) : text;
+  if (fd === 1) console.log(line);
+  else console.error(line);
 }
 
 function oneLine(text: string): string {
   return text.replace(/\s*\n\s*/g, " ");
 }
 
-process.exitCode = await main(process.argv.slice(2));
+// No top-level await: the compiled binary is CommonJS bytecode (see package.json "build:bin").
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

@@ -904,7 +904,7 @@ function syscalls(): Ops {
 function loadLibc(): Ops | null {
   if (process.platform !== "linux" || !["x64", "arm64"].includes(process.arch) || !process.versions.bun) return null;
   try {
-    return libcCalls(import.meta.require("bun:ffi") as typeof import("bun:ffi"));
+    return libcCalls(process.getBuiltinModule("bun:ffi") as typeof import("bun:ffi"));
   } catch {
     return null;
   }

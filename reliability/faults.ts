@@ -9,7 +9,9 @@
  * - failed opening or fsyncing the directory after the rename: the call fails with that .code and
  *   `published: true` (the CLI exits 3), the target holds the new bytes with the old mode and
  *   owner, and no temp is left;
- * - a failed close (Bun ignores close errors, see PLATFORM-NOTES) or a refused fchown (ownership
+ * - a failed close of the temp, before the rename: the write fails like any step before it (the
+ *   library calls close through libc, which reports its error; node:fs under Bun would not);
+ * - a failed close of the directory (after the fsync that matters) or a refused fchown (ownership
  *   is best effort by contract): the write succeeds, completely.
  *
  * The injector counts matching calls across all threads, so "the 2nd write to the temp" is the
@@ -112,7 +114,7 @@ function classify(subjects: string[], dir: string, batch: boolean): Step[] {
     [new RegExp(`^fchmod ${temp}$`), "fchmod", "fails"],
     [new RegExp(`^(fsync|fdatasync) (${temp}|${d}/target)$`), "fsync temp", "fails"],
     [new RegExp(`^(linkat|link) .* -> ${temp}$`), "linkat temp", "fails"],
-    [new RegExp(`^close ${temp}$`), "close temp", "succeeds"],
+    [new RegExp(`^close ${temp}$`), "close temp", "fails"],
     [new RegExp(`^(rename|renameat|renameat2) ${temp} -> ${d}/target2?$`), "rename", "fails"],
     [new RegExp(`^(openat|open) ${d} directory$`), "open dir", "published"],
     [new RegExp(`^(fsync|fdatasync) ${d}$`), "fsync dir", "published"],

@@ -184,7 +184,8 @@ export function asUser(uid: number | undefined): string[] {
  */
 export function compileCli(): string {
   const binary = join(tempDir("bin-"), "atomic-write");
-  run(BUN, ["build", "--compile", "--minify", join(ROOT, "cli.ts"), "--outfile", binary]);
+  // The flags of package.json's build:bin: the binary under test is the one that ships.
+  run(BUN, ["build", "--compile", "--minify", "--bytecode", "--format=cjs", join(ROOT, "cli.ts"), "--outfile", binary]);
   return binary;
 }
 
