@@ -427,7 +427,9 @@ async function runAsync<T>(plan: Plan<T>): Promise<T> {
     let result: unknown;
     try {
       const perform = (poolOps[op] ?? calls[op]) as (...a: unknown[]) => unknown;
-      result = await perform(...args);
+      const outcome = perform(...args);
+      // Inline calls are done already: awaiting them too would add a turn of the event loop each.
+      result = outcome instanceof Promise ? await outcome : outcome;
     } catch (error) {
       step = plan.throw(fromSource(error, op));
       continue;
