@@ -202,6 +202,14 @@ const PIECE = 256 * 1024;
 const STRADDLING = `${"x".repeat(PIECE - 1)}😀${"é".repeat(PIECE - 2)}😀${"日".repeat(PIECE - 2)}😀tail`;
 /** Odd length before an all-astral run: every even boundary, whatever the piece size, splits a pair. */
 const ALL_ASTRAL = `x${"😀".repeat(300_000)}`;
+/** UTF-8 slices span the whole 768 KiB buffer (3 * PIECE units) until non-ASCII text overflows it. */
+const UTF8_SPAN = 3 * PIECE;
+/**
+ * A pair on the first UTF-8 slice boundary; a 3-byte run that fills the buffer mid-slice (slices
+ * then shrink to 262,144 units, ending at odd offsets); then pairs starting at even offsets, so
+ * later slices end between the halves of a pair while the buffer still has room.
+ */
+const UTF8_STRADDLING = `${"x".repeat(UTF8_SPAN - 1)}😀${"€".repeat(UTF8_SPAN + 1)}${"😀".repeat(UTF8_SPAN / 2)}tail`;
 
 /**
  * Every contract below holds for both kinds of temp file (SPEC: "both paths are tested on every run"):
@@ -263,6 +271,11 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
           const written = fs.readFileSync(join(dir, "astral"));
           expect(written.length).toBe(1 + 4 * 300_000);
           expect(written.indexOf(hex("efbfbd"))).toBe(-1);
+          expect(UTF8_STRADDLING.charCodeAt(UTF8_SPAN - 1)).toBe(0xd83d);
+          await put(v, join(dir, "utf8-straddling"), UTF8_STRADDLING, { encoding: "utf-8" });
+          const long = fs.readFileSync(join(dir, "utf8-straddling"));
+          expect(long.equals(Buffer.from(UTF8_STRADDLING, "utf8"))).toBe(true);
+          expect(long.indexOf(hex("efbfbd"))).toBe(-1);
         }
       },
     );

@@ -218,19 +218,49 @@ const PIECEWISE: ReadonlySet<string> = new Set([
 ]);
 
 function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): Generator<Uint8Array> {
-  if (!PIECEWISE.has(encoding.toLowerCase()) || (scratch === undefined && text.length <= TEXT_PIECE)) {
+  const kind = encoding.toLowerCase();
+  if (!PIECEWISE.has(kind) || (scratch === undefined && text.length <= TEXT_PIECE)) {
     yield Buffer.from(text, encoding);
     return;
   }
   const buffer = scratch ?? Buffer.allocUnsafe(TEXT_PIECE * 3);
+  yield* kind === "utf8" || kind === "utf-8" ? utf8Pieces(text, buffer) : pieces(text, encoding, buffer);
+}
+
+/** Any piecewise encoding: TEXT_PIECE units at a time, which always fit the buffer. */
+function* pieces(text: string, encoding: BufferEncoding, buffer: Buffer): Generator<Uint8Array> {
   for (let start = 0; start < text.length; ) {
-    let end = Math.min(start + TEXT_PIECE, text.length);
-    // Never split a surrogate pair: each half alone would encode as U+FFFD.
-    if (end < text.length && isHighSurrogate(text.charCodeAt(end - 1))) end--;
+    const end = pieceEnd(text, start, TEXT_PIECE);
     const written = buffer.write(text.slice(start, end), 0, encoding);
     yield buffer.subarray(0, written);
     start = end;
   }
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * UTF-8 fills the whole buffer each time (ASCII text: three times fewer pieces, so fewer writes
+ * and less garbage). A piece stops at the last character that fits; the next slice is then sized
+ * to what did fit, so mostly non-ASCII text is not handed over in slices three times too long.
+ */
+function* utf8Pieces(text: string, buffer: Buffer): Generator<Uint8Array> {
+  let span = buffer.byteLength;
+  for (let start = 0; start < text.length; ) {
+    const end = pieceEnd(text, start, span);
+    const whole = start === 0 && end === text.length;
+    const { read, written } = encoder.encodeInto(whole ? text : text.slice(start, end), buffer);
+    yield buffer.subarray(0, written);
+    if (start + read < end) span = Math.max(read, 1024);
+    start += read;
+  }
+}
+
+/** Where a piece of at most `span` units from `start` ends, without splitting a surrogate pair. */
+function pieceEnd(text: string, start: number, span: number): number {
+  const end = Math.min(start + span, text.length);
+  // Each half of a pair encoded alone would become U+FFFD.
+  return end < text.length && isHighSurrogate(text.charCodeAt(end - 1)) ? end - 1 : end;
 }
 
 let scratchBuffer: Buffer | undefined;
