@@ -494,20 +494,43 @@ async function syscalls(): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // The CLI through a pipe, against `cat > f && sync f`, `sponge`, and the C floor's CLI.
 
-function buildBinaries(): { cli: string; hello: string } {
-  const cli = join(BUILD, "atomic-write");
-  const hello = join(BUILD, "hello");
-  const helloSource = join(BUILD, "hello.ts");
-  fs.writeFileSync(helloSource, 'console.log("hello world");\n');
-  log("building the compiled CLI and a compiled hello world");
-  // package.json's build:bin flags, for both: bytecode spares the parse at start-up.
-  const flags = ["build", "--compile", "--minify", "--bytecode", "--format=cjs"];
-  run(process.execPath, [...flags, join(ROOT, "cli.ts"), "--outfile", cli]);
-  run(process.execPath, [...flags, helloSource, "--outfile", hello]);
-  return { cli, hello };
+interface Binaries {
+  cli: string;
+  hello: string;
+  /** The least any compiled Bun program pays to reach a file system call: bun:ffi, or node:fs. */
+  ffiOnly: string;
+  fsOnly: string;
 }
 
-let binaries: { cli: string; hello: string } | undefined;
+const TINY_PROGRAMS = {
+  hello: 'console.log("hello world");\n',
+  ffiOnly: [
+    'const { dlopen, FFIType } = process.getBuiltinModule("bun:ffi");',
+    'const { symbols } = dlopen("libc.so.6", { write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 } });',
+    'symbols.write(1, Buffer.from("hello world\\n"), 12);',
+    "",
+  ].join("\n"),
+  fsOnly: 'process.getBuiltinModule("node:fs").writeSync(1, "hello world\\n");\n',
+};
+
+function buildBinaries(): Binaries {
+  log("building the compiled CLI, a compiled hello world and two tiny programs that write through bun:ffi or node:fs");
+  // package.json's build:bin flags, for all: bytecode spares the parse at start-up.
+  const flags = ["build", "--compile", "--minify", "--bytecode", "--format=cjs"];
+  const cli = join(BUILD, "atomic-write");
+  run(process.execPath, [...flags, join(ROOT, "cli.ts"), "--outfile", cli]);
+  const tiny = Object.fromEntries(
+    Object.entries(TINY_PROGRAMS).map(([name, source]) => {
+      const file = join(BUILD, `${name}.ts`);
+      fs.writeFileSync(file, source);
+      run(process.execPath, [...flags, file, "--outfile", join(BUILD, name)]);
+      return [name, join(BUILD, name)];
+    }),
+  ) as Record<keyof typeof TINY_PROGRAMS, string>;
+  return { cli, ...tiny };
+}
+
+let binaries: Binaries | undefined;
 const binariesOnce = () => {
   binaries ??= buildBinaries();
   return binaries;
@@ -655,11 +678,13 @@ function writeInput(path: string, bytes: number): void {
 // hyperfine -N and for spawnSync), against a compiled hello world; the C floor's CLI for scale.
 
 async function startup(): Promise<void> {
-  const { cli, hello } = binariesOnce();
+  const { cli, hello, ffiOnly, fsOnly } = binariesOnce();
   const dir = join(scratch.dir, "startup");
   fs.mkdirSync(dir, { recursive: true });
   const commands = [
     { id: "hello", label: "compiled Bun hello world", argv: [hello] },
+    { id: "ffi-only", label: "compiled: load bun:ffi, write(1) through libc", argv: [ffiOnly] },
+    { id: "fs-only", label: "compiled: load node:fs, fs.writeSync(1)", argv: [fsOnly] },
     { id: "cli", label: "atomic-write --version (compiled)", argv: [cli, "--version"] },
     { id: "cli-write", label: `atomic-write, empty stdin to a file on ${scratch.name}`, argv: [cli, join(dir, "aw")] },
     ...(floor.ok
