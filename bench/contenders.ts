@@ -8,6 +8,7 @@ import { Writer as StenoWriter } from "steno";
 import writeFileAtomic from "write-file-atomic";
 import { atomicWriteBytes, atomicWriteBytesAsync, atomicWriteText, atomicWriteTextAsync } from "../index.ts";
 import { loadFloor } from "./floor.ts";
+import { straightWrite } from "./straight.ts";
 
 /** What a scenario writes: text, bytes, or the same content both ways (small writes). */
 export interface Payload {
@@ -198,6 +199,15 @@ export const CONTENDERS: Contender[] = [
     feeds: "floor",
     durability: "fsync file + dir",
     write: (path, payload) => loadFloor().tmpfile(path, payload.bytes),
+  },
+  {
+    id: "ts-straight",
+    label: "TypeScript, O_TMPFILE, straight-line (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "floor",
+    durability: "fsync file + dir",
+    write: (path, payload) => straightWrite(path, payload.bytes),
   },
 ];
 

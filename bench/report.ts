@@ -252,7 +252,7 @@ export function renderChart(tables: TimingTable[]): string {
   }
   const legend = (Object.keys(COLORS) as Family[]).map(
     (f, i) =>
-      `<rect x="${10 + i * 150}" y="${y - 8}" width="10" height="10" fill="${COLORS[f]}"/><text x="${26 + i * 150}" y="${y + 1}">${f === "floor" ? "C floor" : f}</text>`,
+      `<rect x="${10 + i * 150}" y="${y - 8}" width="10" height="10" fill="${COLORS[f]}"/><text x="${26 + i * 150}" y="${y + 1}">${f === "floor" ? "floors (C; TypeScript straight-line)" : f}</text>`,
   );
   const height = y + 20;
   return [

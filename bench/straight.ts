@@ -1,0 +1,93 @@
+/**
+ * The O_TMPFILE protocol of index.ts written straight-line in TypeScript over bun:ffi: the same
+ * system calls in the same order, with no shared plan, no drivers and no error reporting beyond
+ * the errno. It is what a JavaScript writer pays for the runtime and its FFI alone, so the gap
+ * between it and the library is the cost of the library's own structure (one generator plan run
+ * by a sync and an async driver), and the gap between it and the C floor is the runtime's.
+ */
+import { dlopen, FFIType, read } from "bun:ffi";
+
+const O_WRONLY = 0o1;
+const O_DIRECTORY = 0o200000;
+const O_CLOEXEC = 0o2000000;
+const O_TMPFILE = 0o20200000;
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_EMPTY_PATH = 0x1000;
+const STATX_BASIC_STATS = 0x7ff;
+const ENOENT = 2;
+
+type Libc = ReturnType<typeof open>;
+
+function open() {
+  const { i32, u32, u64, ptr } = FFIType;
+  return dlopen("libc.so.6", {
+    statx: { args: [i32, ptr, i32, u32, ptr], returns: i32 },
+    open: { args: [ptr, i32, u32], returns: i32 },
+    write: { args: [i32, ptr, u64], returns: i32 },
+    fchmod: { args: [i32, u32], returns: i32 },
+    fsync: { args: [i32], returns: i32 },
+    close: { args: [i32], returns: i32 },
+    rename: { args: [ptr, ptr], returns: i32 },
+    linkat: { args: [i32, ptr, i32, ptr, i32], returns: i32 },
+    __errno_location: { args: [], returns: ptr },
+  });
+}
+
+let libc: Libc | undefined;
+const stat = Buffer.alloc(256);
+const EMPTY = Buffer.from([0]);
+let random = Buffer.alloc(0);
+let randomAt = 0;
+
+function errno(c: Libc["symbols"]): number {
+  return read.i32(c.__errno_location() as NonNullable<ReturnType<typeof c.__errno_location>>, 0);
+}
+
+function check(c: Libc["symbols"], result: number, what: string): number {
+  if (result < 0) throw new Error(`straight-line writer: ${what} failed, errno ${errno(c)}`);
+  return result;
+}
+
+/** 48 bits from the CSPRNG, drawn in batches as index.ts does. */
+function randomHex(): string {
+  if (randomAt + 6 > random.length) {
+    random = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer);
+    randomAt = 0;
+  }
+  randomAt += 6;
+  return random.toString("hex", randomAt - 6, randomAt);
+}
+
+export function straightWrite(path: string, data: Uint8Array): void {
+  libc ??= open();
+  const c = libc.symbols;
+  const target = Buffer.from(`${path}\0`);
+  let mode: number | undefined;
+  if (c.statx(AT_FDCWD, target, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, stat) === 0) {
+    mode = stat.readUInt16LE(28) & 0o7777;
+  } else if (errno(c) !== ENOENT) {
+    check(c, -1, "statx");
+  }
+  const slash = path.lastIndexOf("/");
+  const directory = slash <= 0 ? "/" : path.slice(0, slash);
+  const dirName = Buffer.from(`${directory}\0`);
+  const fd = check(
+    c,
+    c.open(dirName, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode === undefined ? 0o666 : mode & 0o600),
+    "open",
+  );
+  for (let offset = 0; offset < data.byteLength; ) {
+    const piece = offset === 0 ? data : data.subarray(offset);
+    offset += check(c, c.write(fd, piece, piece.byteLength), "write");
+  }
+  if (mode !== undefined) check(c, c.fchmod(fd, mode), "fchmod");
+  check(c, c.fsync(fd), "fsync");
+  const temp = Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`);
+  check(c, c.linkat(fd, EMPTY, AT_FDCWD, temp, AT_EMPTY_PATH), "linkat");
+  check(c, c.close(fd), "close");
+  check(c, c.rename(temp, target), "rename");
+  const dir = check(c, c.open(dirName, O_DIRECTORY | O_CLOEXEC, 0), "open directory");
+  check(c, c.fsync(dir), "fsync directory");
+  c.close(dir);
+}
