@@ -631,13 +631,19 @@ interface Staged {
   temp: string;
   target: string;
   directory: string;
+  /** The temp's descriptor while it is still open (see stageTemp). */
+  fd?: number;
 }
 
 function* writePlan(request: Request, chunks: Chunks): Plan<void> {
   try {
     const staged = yield* stage(request, chunks);
     if (!staged) return;
-    yield* replaceTarget(staged);
+    try {
+      yield* replaceTarget(staged);
+    } finally {
+      if (staged.fd !== undefined) yield* quietly("close", staged.fd);
+    }
     if (request.durable) yield* syncDirectory(staged.directory);
   } catch (error) {
     throw blame(error, request.shown);
@@ -651,6 +657,9 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
       try {
         const one = yield* stage(request, request.chunks(scratch));
         if (one) staged.push(one);
+        // Closed at once, so that a large batch holds a bounded number of descriptors.
+        if (one?.fd !== undefined) yield* sys("close", one.fd);
+        if (one) one.fd = undefined;
       } catch (error) {
         throw blame(error, request.shown);
       }
@@ -689,8 +698,8 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
 }
 
 /**
- * Steps 1 to 5 (and the naming of an anonymous temp): a closed, fsynced temp beside the target,
- * holding the whole new contents with their final owner and mode. Nothing visible has changed yet.
+ * Steps 1 to 5 (and the naming of an anonymous temp): an fsynced temp beside the target, holding
+ * the whole new contents with their final owner and mode. Nothing visible has changed yet.
  */
 function* stage(request: Request, chunks: Chunks): Plan<Staged | undefined> {
   const target = yield* resolveTarget(request.path);
@@ -718,15 +727,22 @@ function* stageTemp(
     yield* writeAll(temp.fd, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
     if (request.durable) yield* flush(temp.fd, target.directory);
+    const anonymous = temp.path === undefined;
     yield* nameTemp(temp, target, request.durable);
-    temp.open = false;
-    yield* sys("close", temp.fd);
+    // A fsynced anonymous temp stays open until after the rename: a kill -9 between naming it and
+    // renaming it would leave its name behind, and the close need not happen in that window. Not
+    // without the fsync (on NFS the close is what reports a failed flush), nor for named temps.
+    if (!(anonymous && request.durable)) {
+      temp.open = false;
+      yield* sys("close", temp.fd);
+    }
   } catch (error) {
     if (temp.open) yield* quietly("close", temp.fd);
     if (temp.path !== undefined) yield* quietly("unlink", temp.path);
     throw error;
   }
-  return { shown: request.shown, temp: temp.path as string, target: target.path, directory: target.directory };
+  const staged = { shown: request.shown, temp: temp.path as string, target: target.path, directory: target.directory };
+  return temp.open ? { ...staged, fd: temp.fd } : staged;
 }
 
 const MAX_SYMLINKS = 40; // Linux's own limit for one path walk

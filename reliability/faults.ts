@@ -9,10 +9,12 @@
  * - failed opening or fsyncing the directory after the rename: the call fails with that .code and
  *   `published: true` (the CLI exits 3), the target holds the new bytes with the old mode and
  *   owner, and no temp is left;
- * - a failed close of the temp, before the rename: the write fails like any step before it (the
- *   library calls close through libc, which reports its error; node:fs under Bun would not);
- * - a failed close of the directory (after the fsync that matters) or a refused fchown (ownership
- *   is best effort by contract): the write succeeds, completely.
+ * - a failed close of a named temp, or of any temp in a batch: it comes before the rename, so the
+ *   write fails like any step before it (the library calls close through libc, which reports its
+ *   error; node:fs under Bun would not);
+ * - a failed close of a single write's anonymous temp (after the rename: it is kept open to keep the
+ *   kill -9 window short) or of the directory (after the fsyncs that matter), or a refused fchown
+ *   (ownership is best effort by contract): the write succeeds, completely.
  *
  * The injector counts matching calls across all threads, so "the 2nd write to the temp" is the
  * same call whichever pool thread performs it; every cell also checks in the injector's log that
@@ -102,7 +104,7 @@ function prepare(work: string, label: string, writer: Writer): Prepared {
 }
 
 /** Names each protocol call of a clean run, and says what failing it must lead to. */
-function classify(subjects: string[], dir: string, batch: boolean): Step[] {
+function classify(subjects: string[], dir: string, batch: boolean, kind: TempKind): Step[] {
   const d = escapeRegex(dir);
   const temp = `${d}/(#\\d+ \\(deleted\\)|\\.[^/]*\\.tmp)`;
   const rules: [RegExp, string, Expect][] = [
@@ -137,6 +139,8 @@ function classify(subjects: string[], dir: string, batch: boolean): Step[] {
       }
     }
     if (label === "open dir") dirOpen = true;
+    // A single write closes its anonymous temp only after the rename (index.ts, stageTemp).
+    if (label === "close temp" && !batch && kind === "anonymous") expect = "succeeds";
     if (label === undefined && dirOpen && subject === `close ${dir}`) {
       label = "close dir";
       expect = "succeeds";
@@ -179,6 +183,7 @@ export async function discover(writer: Writer, kind: TempKind, work: string): Pr
     matchedSubjects(log).map((m) => m.subject),
     dir,
     isBatch(writer),
+    kind,
   );
 }
 
