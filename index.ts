@@ -359,6 +359,9 @@ const ops = {
   statfsType: (path: string): number => fs.statfsSync(path).type,
   write: (fd: number, data: Uint8Array, offset: number, length: number): number =>
     fs.writeSync(fd, data, offset, length),
+  /** The same write, to a file in memory (the async driver treats it differently). */
+  writeInMemory: (fd: number, data: Uint8Array, offset: number, length: number): number =>
+    fs.writeSync(fd, data, offset, length),
   read: (fd: number, into: Uint8Array, offset: number, length: number, position: number): number =>
     fs.readSync(fd, into, offset, length, position),
   fchown: (fd: number, uid: number, gid: number): void => fs.fchownSync(fd, uid, gid),
@@ -442,6 +445,13 @@ const poolOps: Partial<Record<OpName, (...args: never[]) => unknown>> = {
     length < BIG_IO
       ? syscalls().read(fd, into, offset, length, position)
       : callback<number>((done) => fs.read(fd, into, offset, length, position, done)),
+  // A copy into memory waits on no device: done here, not bounced to another core and back (which
+  // also made encoding text slower), but a large one is followed by a turn of the event loop, as
+  // while the thread pool wrote it, so other work is not held up for a whole large write.
+  writeInMemory: (fd: number, data: Uint8Array, offset: number, length: number) => {
+    const written = syscalls().writeInMemory(fd, data, offset, length);
+    return length < BIG_IO ? written : new Promise<number>((resolve) => setImmediate(() => resolve(written)));
+  },
   next: async (chunks: Chunks) => chunks.next(),
 };
 
@@ -723,10 +733,11 @@ function* stageTemp(
 ): Plan<Staged> {
   const temp = yield* createTemp(target, mode);
   try {
-    if (replay) yield* copyPrefix(replay, temp.fd);
-    yield* writeAll(temp.fd, chunks);
+    temp.inMemory = isInMemory(yield* fileSystemType(target.directory));
+    if (replay) yield* copyPrefix(replay, temp);
+    yield* writeAll(temp, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
-    if (request.durable) yield* flush(temp.fd, target.directory);
+    if (request.durable) yield* flush(temp.fd, temp.inMemory);
     const anonymous = temp.path === undefined;
     yield* nameTemp(temp, target, request.durable);
     // A fsynced anonymous temp stays open until after the rename: a kill -9 between naming it and
@@ -781,6 +792,8 @@ interface Temp {
   /** Its name; undefined while it is an anonymous (O_TMPFILE) inode that no crash can leave behind. */
   path?: string;
   open: boolean;
+  /** On tmpfs or ramfs: writing and flushing it never waits on a device. */
+  inMemory: boolean;
 }
 
 const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -794,7 +807,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   const { directory } = target;
   if (anonymousTempsAllowed(directory)) {
     try {
-      return { fd: yield* sys("openAnonymous", directory, createMode), open: true };
+      return { fd: yield* sys("openAnonymous", directory, createMode), open: true, inMemory: false };
     } catch (error) {
       if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
       directoryTraits(directory).anonymous = false;
@@ -803,7 +816,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path, open: true };
+      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path, open: true, inMemory: false };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
@@ -849,17 +862,18 @@ function randomHex(): string {
 }
 
 /** Step 3: every byte, resuming short writes. */
-function* writeAll(fd: number, chunks: Chunks): Plan<void> {
+function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
   for (;;) {
     const next = yield* sys("next", chunks);
     if (next.done) return;
-    yield* writeChunk(fd, next.value);
+    yield* writeChunk(temp, next.value);
   }
 }
 
-function* writeChunk(fd: number, chunk: Uint8Array): Plan<void> {
+function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
+  const op = temp.inMemory ? "writeInMemory" : "write";
   for (let offset = 0; offset < chunk.byteLength; ) {
-    const written = yield* sys("write", fd, chunk, offset, chunk.byteLength - offset);
+    const written = yield* sys(op, temp.fd, chunk, offset, chunk.byteLength - offset);
     // A regular file that accepts nothing would make this loop spin forever.
     if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
     offset += written;
@@ -903,7 +917,7 @@ function* syncDirectory(directory: string): Plan<void> {
   try {
     const fd = yield* sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
     try {
-      yield* flush(fd, directory);
+      yield* flush(fd, isInMemory(yield* fileSystemType(directory)));
     } finally {
       yield* quietly("close", fd);
     }
@@ -1033,6 +1047,10 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
       const piece = view(data, offset, Math.min(length, MAX_IO));
       return run(() => c.write(fd, piece, piece.byteLength), "write");
     },
+    writeInMemory: (fd, data, offset, length) => {
+      const piece = view(data, offset, Math.min(length, MAX_IO));
+      return run(() => c.write(fd, piece, piece.byteLength), "write");
+    },
     read: (fd, into, offset, length, position) => {
       const piece = view(into, offset, Math.min(length, MAX_IO));
       return run(() => c.pread(fd, piece, piece.byteLength, position), "read");
@@ -1153,14 +1171,16 @@ function* fileSystemType(directory: string): Plan<number> {
   return known.fsType;
 }
 
+function isInMemory(fsType: number): boolean {
+  return fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC;
+}
+
 /**
  * fsync. On a file system in memory (tmpfs, ramfs) it returns at once, so the async driver runs it
  * inline: a hop to the thread pool would cost more than the call.
  */
-function* flush(fd: number, directory: string): Plan<void> {
-  const known = directoryTraits(directory);
-  known.fsType ??= yield* sys("statfsType", directory);
-  yield* sys(known.fsType === TMPFS_MAGIC || known.fsType === RAMFS_MAGIC ? "fsyncInline" : "fsync", fd);
+function* flush(fd: number, inMemory: boolean): Plan<void> {
+  yield* sys(inMemory ? "fsyncInline" : "fsync", fd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1226,7 +1246,7 @@ function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Bu
 }
 
 /** After a difference: the matched prefix comes from the target, then the chunk that differed. */
-function* copyPrefix(replay: Replay, fd: number): Plan<void> {
+function* copyPrefix(replay: Replay, temp: Temp): Plan<void> {
   const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(replay.matched, 1)));
   for (let position = 0; position < replay.matched; ) {
     const got = yield* sys(
@@ -1238,10 +1258,10 @@ function* copyPrefix(replay: Replay, fd: number): Plan<void> {
       position,
     );
     if (got === 0) throw systemError("EIO", "the target shrank while it was being compared", "read", undefined);
-    yield* writeChunk(fd, scratch.subarray(0, got));
+    yield* writeChunk(temp, scratch.subarray(0, got));
     position += got;
   }
-  if (replay.pendingChunk) yield* writeChunk(fd, replay.pendingChunk);
+  if (replay.pendingChunk) yield* writeChunk(temp, replay.pendingChunk);
 }
 
 // ---------------------------------------------------------------------------------------------
