@@ -1,7 +1,8 @@
 /**
  * In-process ordering (SPEC "Beyond the seed"): async writes to one resolved file settle in call
  * order and the file ends with the last call's data, however the path reaches the file. Calls
- * rejected for bad arguments take no place in that order; sync writes never wait.
+ * rejected for bad arguments take no place in that order; sync writes never wait. And a large async
+ * write leaves the event loop free to run other work between its pieces.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
@@ -13,7 +14,7 @@ import {
   atomicWriteText,
   atomicWriteTextAsync,
 } from "../index.ts";
-import { cleanup, TEMP_KINDS, tempDir, tempResidue, useTempKind } from "./helpers.ts";
+import { cleanup, isRoot, mountTmpfs, TEMP_KINDS, tempDir, tempResidue, useTempKind } from "./helpers.ts";
 
 afterAll(cleanup);
 
@@ -214,5 +215,24 @@ describe("ordering around calls that are not queued", () => {
     expect(settled).toEqual(inCallOrder(60));
     expect(fs.readFileSync(file, "utf8")).toBe(dataOf(59));
     expect(tempResidue(dir)).toEqual([]);
+  });
+});
+
+describe.skipIf(!isRoot)("async writes to a file system in memory (needs root to mount a tmpfs)", () => {
+  test("let the event loop run other work while a large write proceeds", async () => {
+    const dir = mountTmpfs(512 * KIB);
+    const path = join(dir, "large");
+    const text = "x".repeat(128 * KIB * KIB);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    try {
+      await atomicWriteTextAsync(path, text);
+    } finally {
+      clearInterval(timer);
+    }
+    expect(fs.statSync(path).size).toBe(text.length);
+    // On tmpfs the pieces are written on the event loop's own thread; after each large one the
+    // loop gets a turn, as it did while the thread pool wrote (about 170 pieces here).
+    expect(ticks).toBeGreaterThan(5);
   });
 });
