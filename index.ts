@@ -352,23 +352,26 @@ const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 
+const writeSync = (fd: number, data: Uint8Array, offset: number, length: number): number =>
+  fs.writeSync(fd, data, offset, length);
+const fsyncSync = (fd: number): void => fs.fsyncSync(fd);
+
 const ops = {
   lstat: (path: string): FileInfo => fs.lstatSync(path),
   readlink: (path: string): string => fs.readlinkSync(path),
   open: (path: string, flags: number, mode: number): number => fs.openSync(path, flags, mode),
   fstat: (fd: number): FileInfo => fs.fstatSync(fd),
   statfsType: (path: string): number => fs.statfsSync(path).type,
-  write: (fd: number, data: Uint8Array, offset: number, length: number): number =>
-    fs.writeSync(fd, data, offset, length),
+  write: writeSync,
   /** The same write, to a file in memory (the async driver treats it differently). */
-  writeInMemory: (fd: number, data: Uint8Array, offset: number, length: number): number =>
-    fs.writeSync(fd, data, offset, length),
+  writeInMemory: writeSync,
   read: (fd: number, into: Uint8Array, offset: number, length: number, position: number): number =>
     fs.readSync(fd, into, offset, length, position),
   fchown: (fd: number, uid: number, gid: number): void => fs.fchownSync(fd, uid, gid),
   fchmod: (fd: number, mode: number): void => fs.fchmodSync(fd, mode),
-  fsync: (fd: number): void => fs.fsyncSync(fd),
-  fsyncInline: (fd: number): void => fs.fsyncSync(fd),
+  fsync: fsyncSync,
+  /** The same fsync, of a file in memory (the async driver treats it differently). */
+  fsyncInline: fsyncSync,
   fdatasync: (fd: number): void => fs.fdatasyncSync(fd),
   close: (fd: number): void => fs.closeSync(fd),
   rename: (from: string, to: string): void => fs.renameSync(from, to),
@@ -648,7 +651,7 @@ interface Staged {
 
 function* writePlan(request: Request, chunks: Chunks): Plan<void> {
   try {
-    const staged = yield* stage(request, chunks);
+    const staged = yield* stage(request, chunks, true);
     if (!staged) return;
     try {
       yield* replaceTarget(staged);
@@ -666,11 +669,9 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
   try {
     for (const request of requests) {
       try {
-        const one = yield* stage(request, request.chunks(scratch));
+        // Each temp is closed once staged, so that a large batch holds a bounded number of descriptors.
+        const one = yield* stage(request, request.chunks(scratch), false);
         if (one) staged.push(one);
-        // Closed at once, so that a large batch holds a bounded number of descriptors.
-        if (one?.fd !== undefined) yield* sys("close", one.fd);
-        if (one) one.fd = undefined;
       } catch (error) {
         throw blame(error, request.shown);
       }
@@ -712,14 +713,14 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
  * Steps 1 to 5 (and the naming of an anonymous temp): an fsynced temp beside the target, holding
  * the whole new contents with their final owner and mode. Nothing visible has changed yet.
  */
-function* stage(request: Request, chunks: Chunks): Plan<Staged | undefined> {
+function* stage(request: Request, chunks: Chunks, renamedNext: boolean): Plan<Staged | undefined> {
   const target = yield* resolveTarget(request.path);
   const mode = request.mode ?? (target.existing ? target.existing.mode & 0o7777 : undefined);
   const replay =
     request.ifChanged && target.existing ? yield* compareWithTarget(target, chunks, request.length, mode) : undefined;
   if (replay === "unchanged") return undefined; // ifChanged: the target already holds exactly these bytes
   try {
-    return yield* stageTemp(request, target, mode, chunks, replay);
+    return yield* stageTemp(request, target, mode, chunks, replay, renamedNext);
   } finally {
     if (replay) yield* quietly("close", replay.fd);
   }
@@ -731,6 +732,7 @@ function* stageTemp(
   mode: number | undefined,
   chunks: Chunks,
   replay: Replay | undefined,
+  renamedNext: boolean,
 ): Plan<Staged> {
   const temp = yield* createTemp(target, mode);
   try {
@@ -741,10 +743,11 @@ function* stageTemp(
     if (request.durable) yield* flush(temp.fd, temp.inMemory);
     const anonymous = temp.path === undefined;
     yield* nameTemp(temp, target, request.durable);
-    // A fsynced anonymous temp stays open until after the rename: a kill -9 between naming it and
-    // renaming it would leave its name behind, and the close need not happen in that window. Not
-    // without the fsync (on NFS the close is what reports a failed flush), nor for named temps.
-    if (!(anonymous && request.durable)) {
+    // When its rename comes next (a single write), a fsynced anonymous temp stays open until after
+    // it: a kill -9 between naming and renaming would leave the name behind, and the close need not
+    // happen in that window. Not without the fsync (on NFS the close is what reports a failed
+    // flush), nor for named temps, nor in a batch (bounded descriptors).
+    if (!(renamedNext && anonymous && request.durable)) {
       temp.open = false;
       yield* sys("close", temp.fd);
     }
@@ -753,8 +756,13 @@ function* stageTemp(
     if (temp.path !== undefined) yield* quietly("unlink", temp.path);
     throw error;
   }
-  const staged = { shown: request.shown, temp: temp.path as string, target: target.path, directory: target.directory };
-  return temp.open ? { ...staged, fd: temp.fd } : staged;
+  return {
+    shown: request.shown,
+    temp: temp.path as string,
+    target: target.path,
+    directory: target.directory,
+    fd: temp.open ? temp.fd : undefined,
+  };
 }
 
 const MAX_SYMLINKS = 40; // Linux's own limit for one path walk
@@ -1023,6 +1031,11 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
   const fileSystem = Buffer.alloc(256); // struct statfs: f_type first, a long, on x86-64 and aarch64
   const view = (data: Uint8Array, offset: number, length: number): Uint8Array =>
     offset === 0 && length === data.byteLength ? data : data.subarray(offset, offset + length);
+  const write = (fd: number, data: Uint8Array, offset: number, length: number): number => {
+    const piece = view(data, offset, Math.min(length, MAX_IO));
+    return run(() => c.write(fd, piece, piece.byteLength), "write");
+  };
+  const fsync = (fd: number): void => void run(() => c.fsync(fd), "fsync");
 
   return {
     ...ops,
@@ -1045,22 +1058,16 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
       const name = cString(path);
       return run(() => c.open(name, flags | O_CLOEXEC, mode), "open", path);
     },
-    write: (fd, data, offset, length) => {
-      const piece = view(data, offset, Math.min(length, MAX_IO));
-      return run(() => c.write(fd, piece, piece.byteLength), "write");
-    },
-    writeInMemory: (fd, data, offset, length) => {
-      const piece = view(data, offset, Math.min(length, MAX_IO));
-      return run(() => c.write(fd, piece, piece.byteLength), "write");
-    },
+    write,
+    writeInMemory: write,
     read: (fd, into, offset, length, position) => {
       const piece = view(into, offset, Math.min(length, MAX_IO));
       return run(() => c.pread(fd, piece, piece.byteLength, position), "read");
     },
     fchown: (fd, uid, gid) => void run(() => c.fchown(fd, uid, gid), "fchown"),
     fchmod: (fd, mode) => void run(() => c.fchmod(fd, mode), "fchmod"),
-    fsync: (fd) => void run(() => c.fsync(fd), "fsync"),
-    fsyncInline: (fd) => void run(() => c.fsync(fd), "fsync"),
+    fsync,
+    fsyncInline: fsync,
     fdatasync: (fd) => void run(() => c.fdatasync(fd), "fdatasync"),
     // Never retried: Linux releases the descriptor even when close fails, and it may be reused.
     close: (fd) => {
