@@ -392,15 +392,19 @@ type OpName = keyof Ops;
 type Call = { op: OpName; args: unknown[] };
 type Plan<T> = Generator<Call, T, unknown>;
 
-/** Asks the driver for one operation; `yield* sys("fsync", fd)` reads like the call itself. */
-function* sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Generator<Call, ReturnType<Ops[K]>, unknown> {
-  return (yield { op, args }) as ReturnType<Ops[K]>;
+/**
+ * One operation for the driver: `yield sys("fsync", fd)` reads like the call itself, and the plan
+ * resumes with its result, typed where it is used. A plain yield, not a generator per call:
+ * delegating to one cost about 0.25 µs per call, some 8% of a small write on tmpfs.
+ */
+function sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
+  return { op, args };
 }
 
 /** The same, for clean-up steps whose own failure must not hide the error being reported. */
 function* quietly<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Plan<void> {
   try {
-    yield* sys(op, ...args);
+    yield sys(op, ...args);
   } catch {
     // The original error is the one the caller needs; this one would only mask it.
   }
@@ -687,7 +691,7 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
   let failure: unknown;
   for (const [index, one] of staged.entries()) {
     try {
-      yield* sys("rename", one.temp, one.target);
+      yield sys("rename", one.temp, one.target);
     } catch (error) {
       failure = blame(error, one.shown);
       for (const rest of staged.slice(index)) yield* quietly("unlink", rest.temp);
@@ -740,7 +744,7 @@ function* stageTemp(
     if (replay) yield* copyPrefix(replay, temp);
     yield* writeAll(temp, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
-    if (request.durable) yield* flush(temp.fd, temp.inMemory);
+    if (request.durable) yield flush(temp.fd, temp.inMemory);
     const anonymous = temp.path === undefined;
     yield* nameTemp(temp, target, request.durable);
     // When its rename comes next (a single write), a fsynced anonymous temp stays open until after
@@ -749,7 +753,7 @@ function* stageTemp(
     // flush), nor for named temps, nor in a batch (bounded descriptors).
     if (!(renamedNext && anonymous && request.durable)) {
       temp.open = false;
-      yield* sys("close", temp.fd);
+      yield sys("close", temp.fd);
     }
   } catch (error) {
     if (temp.open) yield* quietly("close", temp.fd);
@@ -774,7 +778,7 @@ function* resolveTarget(path: string): Plan<Target> {
   for (let hops = 0; ; hops++) {
     let stat: FileInfo;
     try {
-      stat = yield* sys("lstat", current);
+      stat = (yield sys("lstat", current)) as FileInfo;
     } catch (error) {
       // A missing file is simply created; a missing directory is reported when the temp is.
       if (!mustBeDirectory && (error as NodeJS.ErrnoException).code === "ENOENT") {
@@ -785,7 +789,7 @@ function* resolveTarget(path: string): Plan<Target> {
     const kind = stat.mode & S_IFMT;
     if (kind === S_IFLNK) {
       if (hops >= MAX_SYMLINKS) throw systemError("ELOOP", "too many levels of symbolic links", "open", path);
-      current = resolvePath(dirname(current), yield* sys("readlink", current));
+      current = resolvePath(dirname(current), (yield sys("readlink", current)) as string);
       continue;
     }
     if (kind === S_IFDIR) throw systemError("EISDIR", "illegal operation on a directory", "open", path);
@@ -816,7 +820,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   const { directory } = target;
   if (anonymousTempsAllowed(directory)) {
     try {
-      return { fd: yield* sys("openAnonymous", directory, createMode), open: true, inMemory: false };
+      return { fd: (yield sys("openAnonymous", directory, createMode)) as number, open: true, inMemory: false };
     } catch (error) {
       if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
       directoryTraits(directory).anonymous = false;
@@ -825,7 +829,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: yield* sys("open", path, TEMP_FLAGS, createMode), path, open: true, inMemory: false };
+      return { fd: (yield sys("open", path, TEMP_FLAGS, createMode)) as number, path, open: true, inMemory: false };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
@@ -839,7 +843,7 @@ function* nameTemp(temp: Temp, target: Target, durable: boolean): Plan<void> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      yield* sys("linkAnonymous", temp.fd, path);
+      yield sys("linkAnonymous", temp.fd, path);
       temp.path = path;
       break;
     } catch (error) {
@@ -847,7 +851,7 @@ function* nameTemp(temp: Temp, target: Target, durable: boolean): Plan<void> {
     }
   }
   // btrfs may not persist an fsync of a file that had no name yet: flush it again now it has one.
-  if (durable && (yield* fileSystemType(target.directory)) === BTRFS_MAGIC) yield* sys("fdatasync", temp.fd);
+  if (durable && (yield* fileSystemType(target.directory)) === BTRFS_MAGIC) yield sys("fdatasync", temp.fd);
 }
 
 function tempName(target: Target): string {
@@ -873,7 +877,7 @@ function randomHex(): string {
 /** Step 3: every byte, resuming short writes. */
 function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
   for (;;) {
-    const next = yield* sys("next", chunks);
+    const next = (yield sys("next", chunks)) as IteratorResult<Uint8Array>;
     if (next.done) return;
     yield* writeChunk(temp, next.value);
   }
@@ -882,7 +886,7 @@ function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
 function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
   const op = temp.inMemory ? "writeInMemory" : "write";
   for (let offset = 0; offset < chunk.byteLength; ) {
-    const written = yield* sys(op, temp.fd, chunk, offset, chunk.byteLength - offset);
+    const written = (yield sys(op, temp.fd, chunk, offset, chunk.byteLength - offset)) as number;
     // A regular file that accepts nothing would make this loop spin forever.
     if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
     offset += written;
@@ -901,19 +905,19 @@ function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined
   const old = target.existing;
   if (old && (old.uid !== ids.uid || old.gid !== ids.gid)) {
     try {
-      yield* sys("fchown", fd, old.uid, old.gid);
+      yield sys("fchown", fd, old.uid, old.gid);
     } catch {
       // Not allowed to give the file away: keep at least the group where that is allowed.
       yield* quietly("fchown", fd, -1, old.gid);
     }
   }
-  if (mode !== undefined) yield* sys("fchmod", fd, mode);
+  if (mode !== undefined) yield sys("fchmod", fd, mode);
 }
 
 /** Step 6, with clean-up: a failed rename leaves the temp behind unless it is removed here. */
 function* replaceTarget(staged: Staged): Plan<void> {
   try {
-    yield* sys("rename", staged.temp, staged.target);
+    yield sys("rename", staged.temp, staged.target);
   } catch (error) {
     yield* quietly("unlink", staged.temp);
     throw error;
@@ -924,9 +928,9 @@ function* replaceTarget(staged: Staged): Plan<void> {
 function* syncDirectory(directory: string): Plan<void> {
   if (process.platform === "win32") return; // Windows cannot open a directory for fsync: NTFS journals renames
   try {
-    const fd = yield* sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
+    const fd = (yield sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0)) as number;
     try {
-      yield* flush(fd, isInMemory(yield* fileSystemType(directory)));
+      yield flush(fd, isInMemory(yield* fileSystemType(directory)));
     } finally {
       yield* quietly("close", fd);
     }
@@ -1176,7 +1180,7 @@ function anonymousTempsAllowed(directory: string): boolean {
 
 function* fileSystemType(directory: string): Plan<number> {
   const known = directoryTraits(directory);
-  known.fsType ??= yield* sys("statfsType", directory);
+  known.fsType ??= (yield sys("statfsType", directory)) as number;
   return known.fsType;
 }
 
@@ -1188,8 +1192,8 @@ function isInMemory(fsType: number): boolean {
  * fsync. On a file system in memory (tmpfs, ramfs) it returns at once, so the async driver runs it
  * inline: a hop to the thread pool would cost more than the call.
  */
-function* flush(fd: number, inMemory: boolean): Plan<void> {
-  yield* sys(inMemory ? "fsyncInline" : "fsync", fd);
+function flush(fd: number, inMemory: boolean): Call {
+  return sys(inMemory ? "fsyncInline" : "fsync", fd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1217,16 +1221,16 @@ function* compareWithTarget(
   if (length !== undefined && length !== old.size) return undefined;
   let fd: number;
   try {
-    fd = yield* sys("open", target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0);
+    fd = (yield sys("open", target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0)) as number;
   } catch {
     return undefined; // a target we may not read is simply replaced
   }
   try {
-    const size = (yield* sys("fstat", fd)).size;
+    const size = ((yield sys("fstat", fd)) as FileInfo).size;
     const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(size, 1)));
     let matched = 0;
     for (;;) {
-      const next = yield* sys("next", chunks);
+      const next = (yield sys("next", chunks)) as IteratorResult<Uint8Array>;
       if (next.done) {
         if (matched === size) {
           yield* quietly("close", fd);
@@ -1246,7 +1250,7 @@ function* compareWithTarget(
 function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Buffer): Plan<boolean> {
   for (let offset = 0; offset < chunk.byteLength; ) {
     const want = Math.min(scratch.byteLength, chunk.byteLength - offset);
-    const got = yield* sys("read", fd, scratch, 0, want, position + offset);
+    const got = (yield sys("read", fd, scratch, 0, want, position + offset)) as number;
     if (got === 0) return false;
     if (Buffer.compare(scratch.subarray(0, got), chunk.subarray(offset, offset + got)) !== 0) return false;
     offset += got;
@@ -1258,14 +1262,8 @@ function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Bu
 function* copyPrefix(replay: Replay, temp: Temp): Plan<void> {
   const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(replay.matched, 1)));
   for (let position = 0; position < replay.matched; ) {
-    const got = yield* sys(
-      "read",
-      replay.fd,
-      scratch,
-      0,
-      Math.min(scratch.byteLength, replay.matched - position),
-      position,
-    );
+    const want = Math.min(scratch.byteLength, replay.matched - position);
+    const got = (yield sys("read", replay.fd, scratch, 0, want, position)) as number;
     if (got === 0) throw systemError("EIO", "the target shrank while it was being compared", "read", undefined);
     yield* writeChunk(temp, scratch.subarray(0, got));
     position += got;
