@@ -209,6 +209,24 @@ export const CONTENDERS: Contender[] = [
     durability: "fsync file + dir",
     write: (path, payload) => straightWrite(path, payload.bytes),
   },
+  {
+    id: "ts-straight-named",
+    label: "TypeScript, named temp, straight-line (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "floor",
+    durability: "fsync file + dir",
+    write: (path, payload) => straightWrite(path, payload.bytes, "named"),
+  },
+  {
+    id: "ts-straight-text",
+    label: "TypeScript, O_TMPFILE, straight-line, string (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "text",
+    durability: "fsync file + dir",
+    write: (path, payload) => straightWrite(path, textOf(payload)),
+  },
 ];
 
 export function contender(id: string): Contender {

@@ -1,13 +1,18 @@
 /**
- * The O_TMPFILE protocol of index.ts written straight-line in TypeScript over bun:ffi: the same
- * system calls in the same order, with no shared plan, no drivers and no error reporting beyond
- * the errno. It is what a JavaScript writer pays for the runtime and its FFI alone, so the gap
- * between it and the library is the cost of the library's own structure (one generator plan run
- * by a sync and an async driver), and the gap between it and the C floor is the runtime's.
+ * The protocols of index.ts written straight-line in TypeScript over bun:ffi: the same system
+ * calls in the same order (O_TMPFILE, or a named temp like the C floor's), with no shared plan, no
+ * drivers and no error reporting beyond the errno. A string is encoded in pieces into one reused
+ * buffer by a bare loop, as index.ts does. It is what a JavaScript writer pays for the runtime and
+ * its FFI alone, so the gap between it and the library is the cost of the library's own structure
+ * (one generator plan run by a sync and an async driver), and the gap between it and the C floor
+ * is the runtime's.
  */
 import { dlopen, FFIType, read } from "bun:ffi";
 
 const O_WRONLY = 0o1;
+const O_CREAT = 0o100;
+const O_EXCL = 0o200;
+const O_NOFOLLOW = 0o400000;
 const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
 const O_TMPFILE = 0o20200000;
@@ -37,6 +42,8 @@ function open() {
 let libc: Libc | undefined;
 const stat = Buffer.alloc(256);
 const EMPTY = Buffer.from([0]);
+const pieces = Buffer.allocUnsafe(768 * 1024); // as index.ts: 256 Ki UTF-16 units of UTF-8 at most
+const encoder = new TextEncoder();
 let random = Buffer.alloc(0);
 let randomAt = 0;
 
@@ -59,7 +66,33 @@ function randomHex(): string {
   return random.toString("hex", randomAt - 6, randomAt);
 }
 
-export function straightWrite(path: string, data: Uint8Array): void {
+function writeAll(c: Libc["symbols"], fd: number, data: Uint8Array, length = data.byteLength): void {
+  for (let offset = 0; offset < length; ) {
+    const piece = offset === 0 && length === data.byteLength ? data : data.subarray(offset, length);
+    offset += check(c, c.write(fd, piece, piece.byteLength), "write");
+  }
+}
+
+/** UTF-8, a piece at a time; a slice never ends between the two halves of a surrogate pair. */
+function writeText(c: Libc["symbols"], fd: number, text: string): void {
+  for (let start = 0; start < text.length; ) {
+    let end = Math.min(start + pieces.byteLength, text.length);
+    const last = text.charCodeAt(end - 1);
+    if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
+    const { read, written } = encoder.encodeInto(
+      start === 0 && end === text.length ? text : text.slice(start, end),
+      pieces,
+    );
+    writeAll(c, fd, pieces, written);
+    start += read;
+  }
+}
+
+export function straightWrite(
+  path: string,
+  data: Uint8Array | string,
+  temp: "anonymous" | "named" = "anonymous",
+): void {
   libc ??= open();
   const c = libc.symbols;
   const target = Buffer.from(`${path}\0`);
@@ -72,21 +105,19 @@ export function straightWrite(path: string, data: Uint8Array): void {
   const slash = path.lastIndexOf("/");
   const directory = slash <= 0 ? "/" : path.slice(0, slash);
   const dirName = Buffer.from(`${directory}\0`);
-  const fd = check(
-    c,
-    c.open(dirName, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode === undefined ? 0o666 : mode & 0o600),
-    "open",
-  );
-  for (let offset = 0; offset < data.byteLength; ) {
-    const piece = offset === 0 ? data : data.subarray(offset);
-    offset += check(c, c.write(fd, piece, piece.byteLength), "write");
-  }
+  const createMode = mode === undefined ? 0o666 : mode & 0o600;
+  const name = Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`);
+  const fd =
+    temp === "named"
+      ? check(c, c.open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, createMode), "open")
+      : check(c, c.open(dirName, O_TMPFILE | O_WRONLY | O_CLOEXEC, createMode), "open");
+  if (typeof data === "string") writeText(c, fd, data);
+  else writeAll(c, fd, data);
   if (mode !== undefined) check(c, c.fchmod(fd, mode), "fchmod");
   check(c, c.fsync(fd), "fsync");
-  const temp = Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`);
-  check(c, c.linkat(fd, EMPTY, AT_FDCWD, temp, AT_EMPTY_PATH), "linkat");
+  if (temp === "anonymous") check(c, c.linkat(fd, EMPTY, AT_FDCWD, name, AT_EMPTY_PATH), "linkat");
   check(c, c.close(fd), "close");
-  check(c, c.rename(temp, target), "rename");
+  check(c, c.rename(name, target), "rename");
   const dir = check(c, c.open(dirName, O_DIRECTORY | O_CLOEXEC, 0), "open directory");
   check(c, c.fsync(dir), "fsync directory");
   c.close(dir);
