@@ -72,7 +72,7 @@ const profile = smoke
       memoryBytes: 512 * MiB,
       strace: [50, 550],
       cliBig: 1 * GiB,
-      cliRounds: 3,
+      cliRounds: 5,
       cliSmallRepeats: 10,
       startupRounds: 5,
       startupRuns: 30,
