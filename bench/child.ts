@@ -4,7 +4,8 @@
  *   bun bench/child.ts '{"job":"memory","contender":"wfa-sync","data":"ascii","bytes":536870912,"path":"..."}'
  *     builds the data, writes 1 MiB of it once to warm up, resets the peak RSS (VmHWM) to the current
  *     RSS, writes once, then does the same for a second write of the data, and prints
- *     {"baseKiB":…, "peakKiB":…, "againBaseKiB":…, "againPeakKiB":…} as JSON: extra = peak - base.
+ *     {"baseKiB":…, "peakKiB":…, "ms":…, "againBaseKiB":…, "againPeakKiB":…, "againMs":…} as JSON:
+ *     extra = peak - base; ms is how long the write took.
  *   bun bench/child.ts '{"job":"loop","contender":"aw-sync-bytes","bytes":100,"count":500,"path":"..."}'
  *     writes `count` times (run under `strace -c -f` by the bench, twice with different counts).
  */
@@ -56,12 +57,13 @@ async function memory(job: MemoryJob): Promise<void> {
   // compiled the write loop by now; the rest is per write).
   const again = await measuredWrite(() => who.write(job.path, payload));
   const reset = first.reset && again.reset;
-  process.stdout.write(
-    `${JSON.stringify({ ...first, againBaseKiB: again.baseKiB, againPeakKiB: again.peakKiB, reset })}\n`,
-  );
+  const second = { againBaseKiB: again.baseKiB, againPeakKiB: again.peakKiB, againMs: again.ms };
+  process.stdout.write(`${JSON.stringify({ ...first, ...second, reset })}\n`);
 }
 
-async function measuredWrite(write: () => unknown): Promise<{ baseKiB: number; peakKiB: number; reset: boolean }> {
+async function measuredWrite(
+  write: () => unknown,
+): Promise<{ baseKiB: number; peakKiB: number; ms: number; reset: boolean }> {
   Bun.gc(true);
   let reset = true;
   try {
@@ -71,8 +73,10 @@ async function measuredWrite(write: () => unknown): Promise<{ baseKiB: number; p
     reset = false;
   }
   const baseKiB = reset ? status("VmHWM") : status("VmRSS");
+  const started = performance.now();
   await write();
-  return { baseKiB, peakKiB: status("VmHWM"), reset };
+  const ms = performance.now() - started;
+  return { baseKiB, peakKiB: status("VmHWM"), ms, reset };
 }
 
 async function loop(job: LoopJob): Promise<void> {

@@ -73,17 +73,21 @@ function writeAll(c: Libc["symbols"], fd: number, data: Uint8Array, length = dat
   }
 }
 
-/** UTF-8, a piece at a time; a slice never ends between the two halves of a surrogate pair. */
+/**
+ * UTF-8, a piece at a time, as index.ts does it: a slice never ends between the two halves of a
+ * surrogate pair, and once a slice did not fit the buffer, slices are sized to what did fit
+ * (encodeInto is several times slower when it runs out of room).
+ */
 function writeText(c: Libc["symbols"], fd: number, text: string): void {
+  let span = pieces.byteLength;
   for (let start = 0; start < text.length; ) {
-    let end = Math.min(start + pieces.byteLength, text.length);
+    let end = Math.min(start + span, text.length);
     const last = text.charCodeAt(end - 1);
     if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
-    const { read, written } = encoder.encodeInto(
-      start === 0 && end === text.length ? text : text.slice(start, end),
-      pieces,
-    );
+    const slice = start === 0 && end === text.length ? text : text.slice(start, end);
+    const { read, written } = encoder.encodeInto(slice, pieces);
     writeAll(c, fd, pieces, written);
+    if (start + read < end) span = Math.max(read, 1024);
     start += read;
   }
 }
