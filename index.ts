@@ -740,11 +740,11 @@ function* stageTemp(
 ): Plan<Staged> {
   const temp = yield* createTemp(target, mode);
   try {
-    temp.inMemory = isInMemory(yield* fileSystemType(target.directory));
+    temp.fsType = yield* fileSystemType(target.directory);
     if (replay) yield* copyPrefix(replay, temp);
     yield* writeAll(temp, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
-    if (request.durable) yield flush(temp.fd, temp.inMemory);
+    if (request.durable) yield flush(temp.fd, isInMemory(temp.fsType));
     const anonymous = temp.path === undefined;
     yield* nameTemp(temp, target, request.durable);
     // When its rename comes next (a single write), a fsynced anonymous temp stays open until after
@@ -805,8 +805,8 @@ interface Temp {
   /** Its name; undefined while it is an anonymous (O_TMPFILE) inode that no crash can leave behind. */
   path?: string;
   open: boolean;
-  /** On tmpfs or ramfs: writing and flushing it never waits on a device. */
-  inMemory: boolean;
+  /** statfs f_type of its file system (on tmpfs or ramfs, writing and flushing never wait on a device). */
+  fsType: number;
 }
 
 const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -820,7 +820,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   const { directory } = target;
   if (anonymousTempsAllowed(directory)) {
     try {
-      return { fd: (yield sys("openAnonymous", directory, createMode)) as number, open: true, inMemory: false };
+      return { fd: (yield sys("openAnonymous", directory, createMode)) as number, open: true, fsType: 0 };
     } catch (error) {
       if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
       directoryTraits(directory).anonymous = false;
@@ -829,7 +829,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: (yield sys("open", path, TEMP_FLAGS, createMode)) as number, path, open: true, inMemory: false };
+      return { fd: (yield sys("open", path, TEMP_FLAGS, createMode)) as number, path, open: true, fsType: 0 };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
@@ -851,7 +851,7 @@ function* nameTemp(temp: Temp, target: Target, durable: boolean): Plan<void> {
     }
   }
   // btrfs may not persist an fsync of a file that had no name yet: flush it again now it has one.
-  if (durable && (yield* fileSystemType(target.directory)) === BTRFS_MAGIC) yield sys("fdatasync", temp.fd);
+  if (durable && temp.fsType === BTRFS_MAGIC) yield sys("fdatasync", temp.fd);
 }
 
 function tempName(target: Target): string {
@@ -884,7 +884,7 @@ function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
 }
 
 function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
-  const op = temp.inMemory ? "writeInMemory" : "write";
+  const op = isInMemory(temp.fsType) ? "writeInMemory" : "write";
   for (let offset = 0; offset < chunk.byteLength; ) {
     const written = (yield sys(op, temp.fd, chunk, offset, chunk.byteLength - offset)) as number;
     // A regular file that accepts nothing would make this loop spin forever.
