@@ -48,6 +48,26 @@ export function mountTmpfs(sizeKiB = 1024, options: { readOnly?: boolean } = {})
   return dir;
 }
 
+/** Can this machine make and mount a `kind` file system (its mkfs, and the kernel's support)? */
+export function canMount(kind: "btrfs" | "xfs" | "ext4"): boolean {
+  if (!isRoot || !has(`mkfs.${kind}`)) return false;
+  const known = fs.readFileSync("/proc/filesystems", "utf8").split("\n");
+  return known.some((line) => line.trim() === kind) || spawnSync("modprobe", [kind]).status === 0;
+}
+
+/** A fresh `kind` file system of `sizeMiB` in an image file, loop-mounted. Root only. */
+export function mountImage(kind: "btrfs" | "xfs" | "ext4", sizeMiB: number): string {
+  const image = join(tempDir("img-"), `${kind}.img`);
+  fs.writeFileSync(image, "");
+  fs.truncateSync(image, sizeMiB * 1024 * 1024);
+  run(`mkfs.${kind}`, kind === "ext4" ? ["-q", "-F", image] : ["-q", "-f", image]);
+  const dir = tempDir("mnt-");
+  run("mount", ["-o", "loop", image, dir]);
+  mounts.push(dir);
+  fs.chmodSync(dir, 0o755);
+  return dir;
+}
+
 export function remount(dir: string, how: "ro" | "rw"): void {
   run("mount", ["-o", `remount,${how}`, dir]);
 }
@@ -173,6 +193,20 @@ export function writeInChild(request: ChildWrite, how: ChildRun = {}): ChildResu
 }
 
 /** setpriv arguments that drop root for the command that follows. */
+/**
+ * Runs `request` in a child under `strace -f -y` (descriptors shown as their paths) and returns the
+ * calls in `syscalls`, one per line. Throws if the write fails.
+ */
+export function tracedWrite(request: ChildWrite, syscalls: string, env: Record<string, string> = {}): string[] {
+  const log = join(tempDir("trace-"), "strace.log");
+  const result = writeInChild(request, {
+    wrap: ["strace", "-f", "-qq", "-y", "-o", log, "-e", `trace=${syscalls}`],
+    env,
+  });
+  if (!result.ok) throw new Error(`the traced write failed: ${result.message}`);
+  return fs.readFileSync(log, "utf8").split("\n");
+}
+
 export function asUser(uid: number | undefined): string[] {
   if (uid === undefined) return [];
   return ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--"];

@@ -23,8 +23,8 @@ import {
   TEMP_KINDS,
   tempDir,
   tempResidue,
+  tracedWrite,
   useTempKind,
-  writeInChild,
 } from "./helpers.ts";
 
 afterAll(cleanup);
@@ -240,15 +240,9 @@ describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
 // System calls, seen by strace in a child that makes one call.
 
 /** The child's syscalls of interest, one per line, with file descriptors shown as paths (-y). */
-function traced(request: ChildWrite, env: string | undefined): { ok: boolean; trace: string[] } {
-  const log = join(tempDir("trace-"), "strace.log");
+function traced(request: ChildWrite, env: string | undefined): { trace: string[] } {
   const syscalls = "fsync,fdatasync,sync_file_range,syncfs,sync,msync,openat,open,rename,renameat,renameat2,linkat";
-  const result = writeInChild(request, {
-    wrap: ["strace", "-f", "-qq", "-y", "-o", log, "-e", `trace=${syscalls}`],
-    env: env === undefined ? {} : { ATOMIC_WRITE_TMPFILE: env },
-  });
-  if (!result.ok) throw new Error(`the traced write failed: ${result.message}`);
-  return { ok: result.ok, trace: fs.readFileSync(log, "utf8").split("\n") };
+  return { trace: tracedWrite(request, syscalls, env === undefined ? {} : { ATOMIC_WRITE_TMPFILE: env }) };
 }
 
 const FLUSH = /\b(fsync|fdatasync|sync_file_range|syncfs|sync|msync)\(/;

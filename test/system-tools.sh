@@ -2,7 +2,7 @@
 # Installs the system tools the fault, CLI and reliability tests use (strace, setpriv, mkfs, GNU time,
 # a C compiler), when they are missing and we are root. Runs before `npm test` and in CI.
 set -u
-need=(strace:strace setpriv:util-linux mount:mount mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs /usr/bin/time:time
+need=(strace:strace setpriv:util-linux mount:mount mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs /usr/bin/time:time
   gcc:gcc sponge:moreutils hyperfine:hyperfine pgrep:procps)
 missing=()
 for pair in "${need[@]}"; do
