@@ -402,10 +402,8 @@ async function memory(): Promise<void> {
       const cell = JSON.parse(out.trim().split("\n").pop() as string) as {
         baseKiB: number;
         peakKiB: number;
-        ms: number;
         againBaseKiB: number;
         againPeakKiB: number;
-        againMs: number;
         reset: boolean;
       };
       if (!cell.reset) noReset = true;
@@ -424,8 +422,6 @@ async function memory(): Promise<void> {
         fmt(cell.peakKiB / 1024, 1),
         fmt(extraKiB / 1024, 1),
         fmt(againKiB / 1024, 1),
-        fmt(cell.ms, 0),
-        fmt(cell.againMs, 0),
       ]);
     }
   }
@@ -438,15 +434,11 @@ async function memory(): Promise<void> {
     "written this much before pays; the runtime has compiled the write loop by then). The targets use the first.",
     "Extra = peak − baseline, in MiB. The C floor takes bytes only; its own extra (a call through",
     "`bun:ffi` that allocates nothing) shows how much of a number is the runtime, not the writer.",
-    "The last two columns are how long each of the two writes took (one sample each, for scale: the",
-    "timing tables are the measure of speed). Handed a whole all-ASCII string, Bun writes the string's",
-    "own bytes (hence the peers' small extra for ASCII), but compare the time of the first such write.",
+    "The rows with the JIT off (`BUN_JSC_useJIT=0`) show what the library itself allocates, without the",
+    "memory the runtime's compiler takes to compile its piece loop during the first large write.",
     noReset ? "\n**clear_refs could not be written: baselines are VmRSS, peaks VmHWM (may include set-up).**" : "",
     "",
-    markdownTable(
-      ["data", "contender", "baseline MiB", "peak MiB", "extra MiB", "extra MiB, again", "ms", "ms, again"],
-      rows,
-    ),
+    markdownTable(["data", "contender", "baseline MiB", "peak MiB", "extra MiB", "extra MiB, again"], rows),
   ].join("\n");
   sections.push({ title: `Extra peak memory to write ${size(bytes)}`, markdown: text });
   const mib = (key: string) => {
