@@ -440,27 +440,28 @@ const BIG_IO = 64 * 1024;
 
 /**
  * What the async driver does off the event loop: every flush, and large reads and writes. The
- * remaining calls (open, fchmod, rename, ...) take microseconds, less than a hop to the pool.
+ * remaining calls (open, fchmod, rename, ...) take microseconds, less than a hop to the pool. Each
+ * gets the write's system calls (`calls`) for what it still does inline.
  */
-const poolOps: Partial<Record<OpName, (...args: never[]) => unknown>> = {
-  fsync: (fd: number) => callback<void>((done) => fs.fsync(fd, done)),
-  fdatasync: (fd: number) => callback<void>((done) => fs.fdatasync(fd, done)),
-  write: (fd: number, data: Uint8Array, offset: number, length: number) =>
+const poolOps: Partial<Record<OpName, (calls: Ops, ...args: never[]) => unknown>> = {
+  fsync: (_calls, fd: number) => callback<void>((done) => fs.fsync(fd, done)),
+  fdatasync: (_calls, fd: number) => callback<void>((done) => fs.fdatasync(fd, done)),
+  write: (calls, fd: number, data: Uint8Array, offset: number, length: number) =>
     length < BIG_IO
-      ? syscalls().write(fd, data, offset, length)
+      ? calls.write(fd, data, offset, length)
       : callback<number>((done) => fs.write(fd, data, offset, length, null, done)),
-  read: (fd: number, into: Uint8Array, offset: number, length: number, position: number) =>
+  read: (calls, fd: number, into: Uint8Array, offset: number, length: number, position: number) =>
     length < BIG_IO
-      ? syscalls().read(fd, into, offset, length, position)
+      ? calls.read(fd, into, offset, length, position)
       : callback<number>((done) => fs.read(fd, into, offset, length, position, done)),
   // A copy into memory waits on no device: done here, not bounced to another core and back (which
   // also made encoding text slower), but a large one is followed by a turn of the event loop, as
   // while the thread pool wrote it, so other work is not held up for a whole large write.
-  writeInMemory: (fd: number, data: Uint8Array, offset: number, length: number) => {
-    const written = syscalls().writeInMemory(fd, data, offset, length);
+  writeInMemory: (calls, fd: number, data: Uint8Array, offset: number, length: number) => {
+    const written = calls.writeInMemory(fd, data, offset, length);
     return length < BIG_IO ? written : new Promise<number>((resolve) => setImmediate(() => resolve(written)));
   },
-  next: async (chunks: Chunks) => chunks.next(),
+  next: async (_calls, chunks: Chunks) => chunks.next(),
 };
 
 function callback<T>(start: (done: (error: Error | null, value?: T) => void) => void): Promise<T> {
@@ -474,8 +475,10 @@ async function runAsync<T>(plan: Plan<T>): Promise<T> {
     const { op, args } = step.value;
     let result: unknown;
     try {
-      const perform = (poolOps[op] ?? calls[op]) as (...a: unknown[]) => unknown;
-      const outcome = perform(...args);
+      const pooled = poolOps[op];
+      const outcome = pooled
+        ? pooled(calls, ...(args as never[]))
+        : (calls[op] as (...a: unknown[]) => unknown)(...args);
       // Inline calls are done already: awaiting them too would add a turn of the event loop each.
       result = outcome instanceof Promise ? await outcome : outcome;
     } catch (error) {
