@@ -395,7 +395,7 @@ type Plan<T> = Generator<Call, T, unknown>;
 /**
  * One operation for the driver: `yield sys("fsync", fd)` reads like the call itself, and the plan
  * resumes with its result, typed where it is used. A plain yield, not a generator per call:
- * delegating to one cost about 0.25 µs per call, some 8% of a small write on tmpfs.
+ * delegating to one cost about 0.2 µs per call, 5-7% of a small write on tmpfs.
  */
 function sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
   return { op, args };
