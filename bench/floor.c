@@ -5,7 +5,8 @@
  *   - rename - open dir - fsync dir - close                              = 10 system calls
  *
  * `aw_floor_write_tmpfile` is the same with the temp made as an anonymous O_TMPFILE inode, given its name
- * by linkat just before the rename (what index.ts does on Linux): 11 system calls.
+ * by linkat (by descriptor, else through /proc/self/fd) just before the rename (what index.ts does on
+ * Linux): 11 system calls.
  *
  * Built by bench/run.ts twice: as a shared library called through bun:ffi (`aw_floor_write`), and,
  * with -DFLOOR_MAIN, as a command that streams stdin to a file (the floor of the CLI benchmark).
@@ -134,9 +135,15 @@ int aw_floor_write_tmpfile(const char *path, const uint8_t *data, size_t length)
     close(t.fd); /* an anonymous inode: closing it is the whole clean-up */
     return error;
   }
-  char self[64];
-  snprintf(self, sizeof self, "/proc/self/fd/%d", t.fd);
-  if (linkat(AT_FDCWD, self, AT_FDCWD, t.path, AT_SYMLINK_FOLLOW) != 0) {
+  /* By the descriptor itself where the kernel allows it (Linux >= 6.10, or CAP_DAC_READ_SEARCH), as
+     index.ts does: it skips the path walk through /proc. */
+  int linked = linkat(t.fd, "", AT_FDCWD, t.path, AT_EMPTY_PATH);
+  if (linked != 0 && (errno == ENOENT || errno == EINVAL || errno == EPERM)) {
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", t.fd);
+    linked = linkat(AT_FDCWD, self, AT_FDCWD, t.path, AT_SYMLINK_FOLLOW);
+  }
+  if (linked != 0) {
     error = -errno;
     close(t.fd);
     return error;
