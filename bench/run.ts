@@ -280,12 +280,11 @@ const STRAIGHT: Record<string, string> = {
 
 /** Time vs the named C floor of the C O_TMPFILE floor and of the matching straight-line writer. */
 function timeBounds(table: TimingTable, id: string, invert = false): string | undefined {
+  if (!floor.ok) return undefined;
   const show = (r: TimingRow | undefined) =>
     r?.timeVsFloor === undefined ? "n/a" : `${fmt(invert ? 1 / r.timeVsFloor : r.timeVsFloor)}x`;
   const straight = row(table, STRAIGHT[id] ?? "");
-  const named = id === "aw-sync-named";
-  if (!floor.ok) return undefined;
-  return named
+  return id === "aw-sync-named"
     ? `TypeScript straight-line, named temp: ${show(straight)}`
     : `C floor, O_TMPFILE: ${show(row(table, "floor-tmpfile"))}; TypeScript straight-line: ${show(straight)}`;
 }
@@ -345,11 +344,12 @@ async function largeWrites(): Promise<void> {
         // 64 MiB on tmpfs takes milliseconds and varies from round to round: it gets the full rounds.
         place.name === "tmpfs" ? rounds : largeRounds,
       );
+      // Not atomic, not durable: for a string, what is left is its encoding.
+      const unfsynced = kind === "text" ? row(table, "fs-writeFileSync")?.timeVsFloor : undefined;
       for (const id of ["aw-sync-text", "aw-sync-bytes", "aw-sync-named", "aw-async-text", "aw-async-bytes"]) {
         const r = row(table, id);
         if (!r || r.timeVsFloor === undefined) continue;
         const speed = 1 / r.timeVsFloor;
-        const unfsynced = row(table, "fs-writeFileSync")?.timeVsFloor;
         targets.push({
           what: `${r.label}, ${title}: MB/s vs C floor`,
           goal: "≥ 0.95x",
@@ -357,8 +357,7 @@ async function largeWrites(): Promise<void> {
           met: speed >= 0.95,
           closest: [
             timeBounds(table, id, true),
-            // Not atomic, not durable: what is left is the encoding of the string.
-            kind === "text" && unfsynced !== undefined ? `fs.writeFileSync (no fsync): ${fmt(1 / unfsynced)}x` : "",
+            unfsynced === undefined ? "" : `fs.writeFileSync (no fsync): ${fmt(1 / unfsynced)}x`,
           ]
             .filter(Boolean)
             .join("; "),

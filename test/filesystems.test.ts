@@ -9,6 +9,7 @@ import { join } from "node:path";
 import {
   type ChildWrite,
   canMount,
+  childRequest,
   cleanup,
   has,
   modeOf,
@@ -26,11 +27,6 @@ const FLUSH = /\b(fsync|fdatasync)\(/;
 /** A descriptor of a temp, as `strace -y` shows it: an anonymous inode (even once linked), or a named temp. */
 const TEMP_FD = /#\d+>\(deleted\)|\.tmp>/;
 const WRITERS: ChildWrite["fn"][] = ["atomicWriteBytes", "atomicWriteTextAsync", "atomicWriteStream"];
-
-function request(fn: ChildWrite["fn"], path: string, text: string, options: Record<string, unknown> = {}): ChildWrite {
-  const data = fn.startsWith("atomicWriteBytes") ? Buffer.from(text).toString("base64") : text;
-  return { fn, path, data, options };
-}
 
 /** An existing target with a mode of its own, so keeping it is checked too. */
 function existing(dir: string, name: string): string {
@@ -58,7 +54,7 @@ describe.skipIf(!btrfs)(`on btrfs (${ROOT_ONLY}, mkfs.btrfs and strace)`, () => 
   for (const fn of WRITERS) {
     test(`${fn} flushes an anonymous temp again once linkat has named it, before the rename`, () => {
       const file = existing(dir, `${fn}.json`);
-      const trace = tracedWrite(request(fn, file, "new contents"), CALLS);
+      const trace = tracedWrite(childRequest(fn, file, "new contents"), CALLS);
       const { named, between, renamed } = namingToRename(trace, file);
       expect(named).toBe(true);
       expect(renamed).toBe(true);
@@ -72,7 +68,7 @@ describe.skipIf(!btrfs)(`on btrfs (${ROOT_ONLY}, mkfs.btrfs and strace)`, () => 
 
   test("a write with durable: false flushes nothing, on btrfs too", () => {
     const file = existing(dir, "cache.bin");
-    const trace = tracedWrite(request("atomicWriteBytes", file, "cached", { durable: false }), CALLS);
+    const trace = tracedWrite(childRequest("atomicWriteBytes", file, "cached", { durable: false }), CALLS);
     expect(trace.filter((line) => FLUSH.test(line))).toEqual([]);
     expect(namingToRename(trace, file).renamed).toBe(true);
     expect(fs.readFileSync(file, "utf8")).toBe("cached");
@@ -80,7 +76,7 @@ describe.skipIf(!btrfs)(`on btrfs (${ROOT_ONLY}, mkfs.btrfs and strace)`, () => 
 
   test("a named temp (ATOMIC_WRITE_TMPFILE=0) needs no linkat: it is flushed once, under its name", () => {
     const file = existing(dir, "named.json");
-    const trace = tracedWrite(request("atomicWriteBytes", file, "named"), CALLS, { ATOMIC_WRITE_TMPFILE: "0" });
+    const trace = tracedWrite(childRequest("atomicWriteBytes", file, "named"), CALLS, { ATOMIC_WRITE_TMPFILE: "0" });
     expect(trace.filter((line) => /\blinkat\(/.test(line))).toEqual([]);
     expect(trace.filter((line) => FLUSH.test(line) && TEMP_FD.test(line)).length).toBe(1);
     expect(fs.readFileSync(file, "utf8")).toBe("named");
@@ -92,7 +88,7 @@ describe.skipIf(!has("strace"))("on a file system other than btrfs", () => {
   test("an anonymous temp is flushed once, before linkat names it (the extra flush is btrfs's alone)", () => {
     const dir = tempDir("not-btrfs-");
     const file = existing(dir, "file.json");
-    const trace = tracedWrite(request("atomicWriteBytes", file, "new contents"), CALLS);
+    const trace = tracedWrite(childRequest("atomicWriteBytes", file, "new contents"), CALLS);
     const { named, between, renamed } = namingToRename(trace, file);
     expect(named).toBe(true);
     expect(renamed).toBe(true);

@@ -49,18 +49,18 @@ export function mountTmpfs(sizeKiB = 1024, options: { readOnly?: boolean } = {})
 }
 
 /** Can this machine make and mount a `kind` file system (its mkfs, and the kernel's support)? */
-export function canMount(kind: "btrfs" | "xfs" | "ext4"): boolean {
+export function canMount(kind: "btrfs" | "xfs"): boolean {
   if (!isRoot || !has(`mkfs.${kind}`)) return false;
   const known = fs.readFileSync("/proc/filesystems", "utf8").split("\n");
   return known.some((line) => line.trim() === kind) || spawnSync("modprobe", [kind]).status === 0;
 }
 
 /** A fresh `kind` file system of `sizeMiB` in an image file, loop-mounted. Root only. */
-export function mountImage(kind: "btrfs" | "xfs" | "ext4", sizeMiB: number): string {
+export function mountImage(kind: "btrfs" | "xfs", sizeMiB: number): string {
   const image = join(tempDir("img-"), `${kind}.img`);
   fs.writeFileSync(image, "");
   fs.truncateSync(image, sizeMiB * 1024 * 1024);
-  run(`mkfs.${kind}`, kind === "ext4" ? ["-q", "-F", image] : ["-q", "-f", image]);
+  run(`mkfs.${kind}`, ["-q", "-f", image]);
   const dir = tempDir("mnt-");
   run("mount", ["-o", "loop", image, dir]);
   mounts.push(dir);
@@ -192,7 +192,6 @@ export function writeInChild(request: ChildWrite, how: ChildRun = {}): ChildResu
   }
 }
 
-/** setpriv arguments that drop root for the command that follows. */
 /**
  * Runs `request` in a child under `strace -f -y` (descriptors shown as their paths) and returns the
  * calls in `syscalls`, one per line. Throws if the write fails.
@@ -207,6 +206,18 @@ export function tracedWrite(request: ChildWrite, syscalls: string, env: Record<s
   return fs.readFileSync(log, "utf8").split("\n");
 }
 
+/** The request for `fn` writing `text` (the child takes base64 for the bytes functions). */
+export function childRequest(
+  fn: ChildWrite["fn"],
+  path: string,
+  text: string,
+  options: Record<string, unknown> = {},
+): ChildWrite {
+  const data = fn.startsWith("atomicWriteBytes") ? Buffer.from(text).toString("base64") : text;
+  return { fn, path, data, options };
+}
+
+/** setpriv arguments that drop root for the command that follows. */
 export function asUser(uid: number | undefined): string[] {
   if (uid === undefined) return [];
   return ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--"];

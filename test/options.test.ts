@@ -16,6 +16,7 @@ import {
 } from "../index.ts";
 import {
   type ChildWrite,
+  childRequest,
   cleanup,
   has,
   modeOf,
@@ -246,12 +247,6 @@ function traced(request: ChildWrite, env: string | undefined): { trace: string[]
 }
 
 const FLUSH = /\b(fsync|fdatasync|sync_file_range|syncfs|sync|msync)\(/;
-
-/** The request for `fn` writing `text` (the child takes base64 for the bytes functions). */
-function childRequest(fn: ChildWrite["fn"], path: string, text: string, options: Record<string, unknown>) {
-  const data = fn.startsWith("atomicWriteBytes") ? Buffer.from(text).toString("base64") : text;
-  return { fn, path, data, options };
-}
 
 describe.skipIf(!has("strace"))("durable: false (strace in a child)", () => {
   for (const { name: kind, env } of TEMP_KINDS) {
