@@ -344,6 +344,25 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       expect(fs.readdirSync(dir).sort()).toEqual(["as string", "as url #1 ü", "as-buffer-é"]);
     });
 
+    test("accepts a path relative to the working directory, a bare name or doubled slashes included", async () => {
+      const dir = tempDir();
+      fs.mkdirSync(join(dir, "sub"));
+      const cwd = process.cwd();
+      process.chdir(dir);
+      try {
+        await put(v, "bare", payload(v, "one"));
+        await put(v, "sub//double", payload(v, "two"));
+        await put(v, "./sub/dotted", payload(v, "three"));
+      } finally {
+        process.chdir(cwd);
+      }
+      expectFileBytes(join(dir, "bare"), Buffer.from("one"));
+      expectFileBytes(join(dir, "sub", "double"), Buffer.from("two"));
+      expectFileBytes(join(dir, "sub", "dotted"), Buffer.from("three"));
+      expect(fs.readdirSync(dir).sort()).toEqual(["bare", "sub"]);
+      expect(fs.readdirSync(join(dir, "sub")).sort()).toEqual(["dotted", "double"]);
+    });
+
     test("never modifies the caller's options object", async () => {
       const dir = tempDir();
       plant(join(dir, "existing"), "old", 0o640);
