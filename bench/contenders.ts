@@ -8,7 +8,7 @@ import { Writer as StenoWriter } from "steno";
 import writeFileAtomic from "write-file-atomic";
 import { atomicWriteBytes, atomicWriteBytesAsync, atomicWriteText, atomicWriteTextAsync } from "../index.ts";
 import { loadFloor } from "./floor.ts";
-import { straightWrite } from "./straight.ts";
+import { planWrite, straightWrite } from "./straight.ts";
 
 /** What a scenario writes: text, bytes, or the same content both ways (small writes). */
 export interface Payload {
@@ -217,6 +217,24 @@ export const CONTENDERS: Contender[] = [
     feeds: "floor",
     durability: "fsync file + dir",
     write: (path, payload) => straightWrite(path, payload.bytes, "named"),
+  },
+  {
+    id: "ts-plan",
+    label: "TypeScript, O_TMPFILE, one generator plan (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "floor",
+    durability: "fsync file + dir",
+    write: (path, payload) => planWrite(path, payload.bytes),
+  },
+  {
+    id: "ts-plan-named",
+    label: "TypeScript, named temp, one generator plan (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "floor",
+    durability: "fsync file + dir",
+    write: (path, payload) => planWrite(path, payload.bytes, "named"),
   },
   {
     id: "ts-straight-text",

@@ -3,9 +3,12 @@
  * calls in the same order (O_TMPFILE, or a named temp like the C floor's), with no shared plan, no
  * drivers and no error reporting beyond the errno. A string is encoded in pieces into one reused
  * buffer by a bare loop, as index.ts does. It is what a JavaScript writer pays for the runtime and
- * its FFI alone, so the gap between it and the library is the cost of the library's own structure
- * (one generator plan run by a sync and an async driver), and the gap between it and the C floor
- * is the runtime's.
+ * its FFI alone; the gap between it and the C floor is the runtime's.
+ *
+ * `planWrite` makes the same calls for bytes, but yielded one at a time by a generator and made by
+ * a driver: the least any library pays for writing the protocol once for a sync and an async
+ * driver, as index.ts does. The gap between it and the library is the cost of the library's own
+ * structure (nested steps, validation, clean-up, error reports).
  */
 import { dlopen, FFIType, read } from "bun:ffi";
 
@@ -92,6 +95,27 @@ function writeText(c: Libc["symbols"], fd: number, text: string): void {
   }
 }
 
+/** The file names a write uses, NUL-terminated for libc. */
+function namesOf(path: string): { target: Buffer; directory: Buffer; temp: Buffer } {
+  const slash = path.lastIndexOf("/");
+  const directory = slash <= 0 ? "/" : path.slice(0, slash);
+  return {
+    target: Buffer.from(`${path}\0`),
+    directory: Buffer.from(`${directory}\0`),
+    temp: Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`),
+  };
+}
+
+/** The target's permission bits after its statx (`found` its result), or undefined where it is absent. */
+function modeOf(c: Libc["symbols"], found: number): number | undefined {
+  if (found === 0) return stat.readUInt16LE(28) & 0o7777;
+  if (errno(c) !== ENOENT) check(c, -1, "statx");
+  return undefined;
+}
+
+const NAMED_FLAGS = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+const ANONYMOUS_FLAGS = O_TMPFILE | O_WRONLY | O_CLOEXEC;
+
 export function straightWrite(
   path: string,
   data: Uint8Array | string,
@@ -99,30 +123,69 @@ export function straightWrite(
 ): void {
   libc ??= open();
   const c = libc.symbols;
-  const target = Buffer.from(`${path}\0`);
-  let mode: number | undefined;
-  if (c.statx(AT_FDCWD, target, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, stat) === 0) {
-    mode = stat.readUInt16LE(28) & 0o7777;
-  } else if (errno(c) !== ENOENT) {
-    check(c, -1, "statx");
-  }
-  const slash = path.lastIndexOf("/");
-  const directory = slash <= 0 ? "/" : path.slice(0, slash);
-  const dirName = Buffer.from(`${directory}\0`);
+  const names = namesOf(path);
+  const mode = modeOf(c, c.statx(AT_FDCWD, names.target, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, stat));
   const createMode = mode === undefined ? 0o666 : mode & 0o600;
-  const name = Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`);
   const fd =
     temp === "named"
-      ? check(c, c.open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, createMode), "open")
-      : check(c, c.open(dirName, O_TMPFILE | O_WRONLY | O_CLOEXEC, createMode), "open");
+      ? check(c, c.open(names.temp, NAMED_FLAGS, createMode), "open")
+      : check(c, c.open(names.directory, ANONYMOUS_FLAGS, createMode), "open");
   if (typeof data === "string") writeText(c, fd, data);
   else writeAll(c, fd, data);
   if (mode !== undefined) check(c, c.fchmod(fd, mode), "fchmod");
   check(c, c.fsync(fd), "fsync");
-  if (temp === "anonymous") check(c, c.linkat(fd, EMPTY, AT_FDCWD, name, AT_EMPTY_PATH), "linkat");
+  if (temp === "anonymous") check(c, c.linkat(fd, EMPTY, AT_FDCWD, names.temp, AT_EMPTY_PATH), "linkat");
   check(c, c.close(fd), "close");
-  check(c, c.rename(name, target), "rename");
-  const dir = check(c, c.open(dirName, O_DIRECTORY | O_CLOEXEC, 0), "open directory");
+  check(c, c.rename(names.temp, names.target), "rename");
+  const dir = check(c, c.open(names.directory, O_DIRECTORY | O_CLOEXEC, 0), "open directory");
   check(c, c.fsync(dir), "fsync directory");
   c.close(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same calls, for bytes, yielded one at a time by a generator and made by a driver: the least
+// a library pays for writing its protocol once for a sync and an async driver (as index.ts must).
+// No nested plans, no validation, no clean-up: only the generator and the dispatch.
+
+type Call = { op: keyof Libc["symbols"]; args: unknown[] };
+
+function call(op: Call["op"], ...args: unknown[]): Call {
+  return { op, args };
+}
+
+function* plan(
+  c: Libc["symbols"],
+  path: string,
+  data: Uint8Array,
+  temp: "anonymous" | "named",
+): Generator<Call, void, number> {
+  const names = namesOf(path);
+  const mode = modeOf(c, yield call("statx", AT_FDCWD, names.target, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, stat));
+  const createMode = mode === undefined ? 0o666 : mode & 0o600;
+  const fd =
+    temp === "named"
+      ? check(c, yield call("open", names.temp, NAMED_FLAGS, createMode), "open")
+      : check(c, yield call("open", names.directory, ANONYMOUS_FLAGS, createMode), "open");
+  for (let offset = 0; offset < data.byteLength; ) {
+    const piece = offset === 0 ? data : data.subarray(offset);
+    offset += check(c, yield call("write", fd, piece, piece.byteLength), "write");
+  }
+  if (mode !== undefined) check(c, yield call("fchmod", fd, mode), "fchmod");
+  check(c, yield call("fsync", fd), "fsync");
+  if (temp === "anonymous") check(c, yield call("linkat", fd, EMPTY, AT_FDCWD, names.temp, AT_EMPTY_PATH), "linkat");
+  check(c, yield call("close", fd), "close");
+  check(c, yield call("rename", names.temp, names.target), "rename");
+  const dir = check(c, yield call("open", names.directory, O_DIRECTORY | O_CLOEXEC, 0), "open directory");
+  check(c, yield call("fsync", dir), "fsync directory");
+  yield call("close", dir);
+}
+
+export function planWrite(path: string, data: Uint8Array, temp: "anonymous" | "named" = "anonymous"): void {
+  libc ??= open();
+  const c = libc.symbols;
+  const steps = plan(c, path, data, temp);
+  for (let step = steps.next(); !step.done; ) {
+    const { op, args } = step.value;
+    step = steps.next((c[op] as (...a: unknown[]) => number)(...args));
+  }
 }
