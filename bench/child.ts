@@ -4,7 +4,8 @@
  *   bun bench/child.ts '{"job":"memory","contender":"wfa-sync","data":"ascii","bytes":536870912,"path":"..."}'
  *     builds the data, writes 1 MiB of it once to warm up, resets the peak RSS (VmHWM) to the current
  *     RSS, writes once, then does the same for a second write of the data, and prints
- *     {"baseKiB":…, "peakKiB":…, "againBaseKiB":…, "againPeakKiB":…} as JSON: extra = peak - base.
+ *     {"baseKiB":…, "peakKiB":…, "fileKiB":…, "againBaseKiB":…, "againPeakKiB":…, "againFileKiB":…}
+ *     as JSON: extra = peak - base, of which fileKiB were file-backed pages (see measuredWrite).
  *   bun bench/child.ts '{"job":"loop","contender":"aw-sync-bytes","bytes":100,"count":500,"path":"..."}'
  *     writes `count` times (run under `strace -c -f` by the bench, twice with different counts).
  */
@@ -27,7 +28,7 @@ interface LoopJob {
   path: string;
 }
 
-function status(field: "VmHWM" | "VmRSS"): number {
+function status(field: "VmHWM" | "VmRSS" | "RssFile"): number {
   const match = fs.readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
   if (!match) throw new Error(`no ${field} in /proc/self/status`);
   return Number(match[1]);
@@ -57,11 +58,19 @@ async function memory(job: MemoryJob): Promise<void> {
   const again = await measuredWrite(() => who.write(job.path, payload));
   const reset = first.reset && again.reset;
   process.stdout.write(
-    `${JSON.stringify({ ...first, againBaseKiB: again.baseKiB, againPeakKiB: again.peakKiB, reset })}\n`,
+    `${JSON.stringify({ ...first, againBaseKiB: again.baseKiB, againPeakKiB: again.peakKiB, againFileKiB: again.fileKiB, reset })}\n`,
   );
 }
 
-async function measuredWrite(write: () => unknown): Promise<{ baseKiB: number; peakKiB: number; reset: boolean }> {
+/**
+ * `fileKiB`: how much the file-backed part of the RSS grew during the write. Those are pages of
+ * files mapped in memory: here, the runtime's own code read from its executable the first time
+ * it runs (its JIT compiler's, mostly), shared with every other process running it and dropped
+ * under memory pressure without swapping. They count in VmHWM, but the write allocated none of it.
+ */
+async function measuredWrite(
+  write: () => unknown,
+): Promise<{ baseKiB: number; peakKiB: number; fileKiB: number; reset: boolean }> {
   Bun.gc(true);
   let reset = true;
   try {
@@ -71,8 +80,9 @@ async function measuredWrite(write: () => unknown): Promise<{ baseKiB: number; p
     reset = false;
   }
   const baseKiB = reset ? status("VmHWM") : status("VmRSS");
+  const fileBaseKiB = status("RssFile");
   await write();
-  return { baseKiB, peakKiB: status("VmHWM"), reset };
+  return { baseKiB, peakKiB: status("VmHWM"), fileKiB: status("RssFile") - fileBaseKiB, reset };
 }
 
 async function loop(job: LoopJob): Promise<void> {

@@ -237,6 +237,15 @@ export const CONTENDERS: Contender[] = [
     write: (path, payload) => planWrite(path, payload.bytes, "named"),
   },
   {
+    id: "ts-plan-text",
+    label: "TypeScript, O_TMPFILE, one generator plan, string (bun:ffi)",
+    family: "floor",
+    api: "sync",
+    feeds: "text",
+    durability: "fsync file + dir",
+    write: (path, payload) => planWrite(path, textOf(payload)),
+  },
+  {
     id: "ts-straight-text",
     label: "TypeScript, O_TMPFILE, straight-line, string (bun:ffi)",
     family: "floor",

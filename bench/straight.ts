@@ -5,7 +5,7 @@
  * buffer by a bare loop, as index.ts does. It is what a JavaScript writer pays for the runtime and
  * its FFI alone; the gap between it and the C floor is the runtime's.
  *
- * `planWrite` makes the same calls for bytes, but yielded one at a time by a generator and made by
+ * `planWrite` makes the same calls, but yielded one at a time by a generator and made by
  * a driver: the least any library pays for writing the protocol once for a sync and an async
  * driver, as index.ts does. The gap between it and the library is the cost of the library's own
  * structure (nested steps, validation, clean-up, error reports).
@@ -84,15 +84,21 @@ function writeAll(c: Libc["symbols"], fd: number, data: Uint8Array, length = dat
 function writeText(c: Libc["symbols"], fd: number, text: string): void {
   let span = pieces.byteLength;
   for (let start = 0; start < text.length; ) {
-    let end = Math.min(start + span, text.length);
-    const last = text.charCodeAt(end - 1);
-    if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
-    const slice = start === 0 && end === text.length ? text : text.slice(start, end);
-    const { read, written } = encoder.encodeInto(slice, pieces);
+    const { read, written, short } = encodePiece(text, start, span);
     writeAll(c, fd, pieces, written);
-    if (start + read < end) span = Math.max(read, 1024);
+    if (short) span = Math.max(read, 1024);
     start += read;
   }
+}
+
+/** Encodes at most `span` units of `text` from `start` into `pieces`; `short` when not all fit. */
+function encodePiece(text: string, start: number, span: number): { read: number; written: number; short: boolean } {
+  let end = Math.min(start + span, text.length);
+  const last = text.charCodeAt(end - 1);
+  if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
+  const slice = start === 0 && end === text.length ? text : text.slice(start, end);
+  const { read, written } = encoder.encodeInto(slice, pieces);
+  return { read, written, short: start + read < end };
 }
 
 /** The file names a write uses, NUL-terminated for libc. */
@@ -143,9 +149,9 @@ export function straightWrite(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The same calls, for bytes, yielded one at a time by a generator and made by a driver: the least
-// a library pays for writing its protocol once for a sync and an async driver (as index.ts must).
-// No nested plans, no validation, no clean-up: only the generator and the dispatch.
+// The same calls, yielded one at a time by a generator and made by a driver: the least a library
+// pays for writing its protocol once for a sync and an async driver (as index.ts must). No nested
+// plans, no validation, no clean-up: only the generator, the dispatch, and an iterator of chunks.
 
 type Call = { op: keyof Libc["symbols"]; args: unknown[] };
 
@@ -156,7 +162,7 @@ function call(op: Call["op"], ...args: unknown[]): Call {
 function* plan(
   c: Libc["symbols"],
   path: string,
-  data: Uint8Array,
+  data: Uint8Array | string,
   temp: "anonymous" | "named",
 ): Generator<Call, void, number> {
   const names = namesOf(path);
@@ -166,9 +172,11 @@ function* plan(
     temp === "named"
       ? check(c, yield call("open", names.temp, NAMED_FLAGS, createMode), "open")
       : check(c, yield call("open", names.directory, ANONYMOUS_FLAGS, createMode), "open");
-  for (let offset = 0; offset < data.byteLength; ) {
-    const piece = offset === 0 ? data : data.subarray(offset);
-    offset += check(c, yield call("write", fd, piece, piece.byteLength), "write");
+  for (const [buffer, length] of typeof data === "string" ? encoded(data) : [[data, data.byteLength] as const]) {
+    for (let offset = 0; offset < length; ) {
+      const piece = offset === 0 ? buffer : buffer.subarray(offset);
+      offset += check(c, yield call("write", fd, piece, length - offset), "write");
+    }
   }
   if (mode !== undefined) check(c, yield call("fchmod", fd, mode), "fchmod");
   check(c, yield call("fsync", fd), "fsync");
@@ -180,7 +188,18 @@ function* plan(
   yield call("close", dir);
 }
 
-export function planWrite(path: string, data: Uint8Array, temp: "anonymous" | "named" = "anonymous"): void {
+/** A string's UTF-8, a piece at a time in `pieces`, as [buffer, byte count]. */
+function* encoded(text: string): Generator<readonly [Uint8Array, number]> {
+  let span = pieces.byteLength;
+  for (let start = 0; start < text.length; ) {
+    const { read, written, short } = encodePiece(text, start, span);
+    yield [pieces, written];
+    if (short) span = Math.max(read, 1024);
+    start += read;
+  }
+}
+
+export function planWrite(path: string, data: Uint8Array | string, temp: "anonymous" | "named" = "anonymous"): void {
   libc ??= open();
   const c = libc.symbols;
   const steps = plan(c, path, data, temp);
