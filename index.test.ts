@@ -183,6 +183,7 @@ const ENCODED: [encoding: string, text: string, bytes: string][] = [
   ["utf8", "aé😀\r\n", "61c3a9f09f98800d0a"],
   ["utf-8", "aé😀\r\n", "61c3a9f09f98800d0a"],
   ["UTF-8", "日\n", "e697a50a"],
+  ["utf8", "a\ud800b\udc00", "61efbfbd62efbfbd"], // lone surrogates become U+FFFD, as Buffer writes them
   ["utf16le", "aé😀", "6100e9003dd800de"],
   ["utf-16le", "aé😀", "6100e9003dd800de"],
   ["ucs2", "aé😀", "6100e9003dd800de"],

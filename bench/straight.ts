@@ -47,7 +47,7 @@ const stat = Buffer.alloc(256);
 const EMPTY = Buffer.from([0]);
 const pieces = Buffer.allocUnsafe(768 * 1024); // as index.ts: 256 Ki UTF-16 units of UTF-8 at most
 const encoder = new TextEncoder();
-let random = Buffer.alloc(0);
+let random = "";
 let randomAt = 0;
 
 function errno(c: Libc["symbols"]): number {
@@ -59,14 +59,14 @@ function check(c: Libc["symbols"], result: number, what: string): number {
   return result;
 }
 
-/** 48 bits from the CSPRNG, drawn in batches as index.ts does. */
+/** 48 bits from the CSPRNG in hex, drawn and turned into hex in batches, as index.ts does. */
 function randomHex(): string {
-  if (randomAt + 6 > random.length) {
-    random = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer);
+  if (randomAt + 12 > random.length) {
+    random = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer).toString("hex");
     randomAt = 0;
   }
-  randomAt += 6;
-  return random.toString("hex", randomAt - 6, randomAt);
+  randomAt += 12;
+  return random.slice(randomAt - 12, randomAt);
 }
 
 function writeAll(c: Libc["symbols"], fd: number, data: Uint8Array, length = data.byteLength): void {
@@ -101,14 +101,23 @@ function encodePiece(text: string, start: number, span: number): { read: number;
   return { read, written, short: start + read < end };
 }
 
-/** The file names a write uses, NUL-terminated for libc. */
+/** Three reused buffers for the names: a fresh Buffer per name cost more than a system call here. */
+const nameBuffers = [Buffer.allocUnsafe(16 * 1024), Buffer.allocUnsafe(16 * 1024), Buffer.allocUnsafe(16 * 1024)];
+
+function cString(slot: 0 | 1 | 2, text: string): Buffer {
+  const buffer = nameBuffers[slot] as Buffer;
+  buffer[buffer.write(text)] = 0;
+  return buffer;
+}
+
+/** The file names a write uses, NUL-terminated for libc (valid until the next write). */
 function namesOf(path: string): { target: Buffer; directory: Buffer; temp: Buffer } {
   const slash = path.lastIndexOf("/");
   const directory = slash <= 0 ? "/" : path.slice(0, slash);
   return {
-    target: Buffer.from(`${path}\0`),
-    directory: Buffer.from(`${directory}\0`),
-    temp: Buffer.from(`${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp\0`),
+    target: cString(0, path),
+    directory: cString(1, directory),
+    temp: cString(2, `${directory}/.${path.slice(slash + 1, slash + 65)}.${randomHex()}.tmp`),
   };
 }
 
