@@ -59,7 +59,7 @@ function check(c: Libc["symbols"], result: number, what: string): number {
   return result;
 }
 
-/** 48 bits from the CSPRNG in hex, drawn and turned into hex in batches, as index.ts does. */
+/** 48 random bits as hex: drawn from the CSPRNG and turned into hex in batches, as index.ts does. */
 function randomHex(): string {
   if (randomAt + 12 > random.length) {
     random = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer).toString("hex");
