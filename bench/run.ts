@@ -495,7 +495,7 @@ async function memory(): Promise<void> {
         measured: `${fmt(kib / 1024, 1)} MiB (again: ${mib(`${id}/${data}/again`)})`,
         met: kib <= 2 * 1024,
         closest: text
-          ? `without file-backed pages: ${mib(`${id}/${data}/anonymous`)} MiB; JIT off: ${mib(`${id}/jit-off/${data}`)} MiB; TypeScript straight-line: ${mib(`ts-straight-text/${data}`)} (again: ${mib(`ts-straight-text/${data}/again`)})`
+          ? `without file-backed pages: ${mib(`${id}/${data}/anonymous`)} MiB; JIT off: ${mib(`${id}/jit-off/${data}`)} MiB; TypeScript straight-line: ${mib(`ts-straight-text/${data}`)} (again: ${mib(`ts-straight-text/${data}/again`)}); one generator plan: ${mib(`ts-plan-text/${data}`)} (again: ${mib(`ts-plan-text/${data}/again`)})`
           : undefined,
       });
     }
