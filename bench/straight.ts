@@ -101,7 +101,10 @@ function encodePiece(text: string, start: number, span: number): { read: number;
   return { read, written, short: start + read < end };
 }
 
-/** Three reused buffers for the names: a fresh Buffer per name cost more than a system call here. */
+/**
+ * Three reused buffers for the names, as index.ts reuses its own: with a fresh Buffer per name,
+ * this writer was slower than the library.
+ */
 const nameBuffers = [Buffer.allocUnsafe(16 * 1024), Buffer.allocUnsafe(16 * 1024), Buffer.allocUnsafe(16 * 1024)];
 
 function cString(slot: 0 | 1 | 2, text: string): Buffer {
