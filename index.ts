@@ -222,7 +222,8 @@ function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): 
   const kind = encoding.toLowerCase();
   const utf8 = kind === "utf8" || kind === "utf-8";
   if (!PIECEWISE.has(kind) || (scratch === undefined && text.length <= TEXT_PIECE)) {
-    // TextEncoder's plain array, not a Buffer: Buffer.from made a 4 KiB async write on tmpfs 10-20% slower.
+    // TextEncoder's plain array, not a Buffer: Buffer.from made a 4 KiB async write on tmpfs
+    // 10-20% slower.
     yield utf8 ? encoder.encode(text) : Buffer.from(text, encoding);
     return;
   }
@@ -406,8 +407,8 @@ function sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
 
 /**
  * The same, for clean-up steps whose own failure must not hide the error being reported: the
- * driver ignores it. A flag, not a try/catch in a generator of its own, which cost a small write
- * on tmpfs more than the call.
+ * driver ignores it. A flag for the driver, not a generator with a try/catch around the call:
+ * that generator cost a small write on tmpfs more than the call it wrapped.
  */
 function quietly<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
   return { op, args, quiet: true };
