@@ -481,6 +481,43 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       },
     );
 
+    test.skipIf(!isRoot)(
+      "keeps the old group in a setgid directory, even when owner and group are the process's own (as root)",
+      async () => {
+        const dir = tempDir();
+        fs.chownSync(dir, 0, 5678);
+        fs.chmodSync(dir, 0o2775); // new files here take group 5678
+        const path = join(dir, "roots-own");
+        plant(path, "old", 0o640);
+        fs.chownSync(path, 0, 0);
+        await put(v, path, payload(v, "new"));
+        const stat = fs.statSync(path);
+        expect({ uid: stat.uid, gid: stat.gid, mode: stat.mode & 0o7777 }).toEqual({ uid: 0, gid: 0, mode: 0o640 });
+        expectFileBytes(path, Buffer.from("new"));
+      },
+    );
+
+    test.skipIf(!isRoot)("keeps a group the unprivileged user belongs to, in a setgid directory too", () => {
+      const dir = tempDir();
+      fs.chownSync(dir, NOBODY, 5678);
+      fs.chmodSync(dir, 0o2775);
+      const path = join(dir, "users-own");
+      plant(path, "old", 0o644);
+      fs.chownSync(path, NOBODY, NOBODY);
+      // The user belongs to both groups, so it may give the file its old group back.
+      const wrap = ["setpriv", `--reuid=${NOBODY}`, `--regid=${NOBODY}`, `--groups=${NOBODY},5678`, "--"];
+      const result = writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap });
+      expect([result.ok, result.message]).toEqual([true, undefined]);
+      expectFileBytes(path, Buffer.from("new"));
+      const stat = fs.statSync(path);
+      expect({ uid: stat.uid, gid: stat.gid, mode: stat.mode & 0o7777 }).toEqual({
+        uid: NOBODY,
+        gid: NOBODY,
+        mode: 0o644,
+      });
+      expect(tempResidue(dir)).toEqual([]);
+    });
+
     test.skipIf(!isRoot)("still writes when the process may not keep the owner (unprivileged child)", () => {
       const dir = tempDir();
       fs.chownSync(dir, NOBODY, NOBODY);
@@ -562,6 +599,8 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       ["an empty Buffer", Buffer.alloc(0)],
       ["a string with a NUL byte", join(dirForPaths, "a\0b")],
       ["a Buffer with a NUL byte", Buffer.from(join(dirForPaths, "a\0b"))],
+      // As UTF-8 it would become "a\u{FFFD}": a different file from the one these bytes name.
+      ["a Buffer that is not UTF-8", Buffer.concat([Buffer.from(join(dirForPaths, "a")), Buffer.from([0xff])])],
       ["a file: URL with an encoded NUL", new URL(`${pathToFileURL(dirForPaths).href}/a%00b`)],
       ["a non-file URL", new URL("https://example.com/file.txt")],
       ["a number", 42],
@@ -724,6 +763,42 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       expect(fs.readdirSync(join(dir, "b")).sort()).toEqual(["l2", "real"]);
       expect(fs.readdirSync(dir).sort()).toEqual(["a", "b"]);
       expect(fs.readdirSync(scratchCwd)).toEqual([]);
+    });
+
+    test("follows '..' after a symlinked directory as the kernel does, to the link target's parent", async () => {
+      const dir = tempDir();
+      fs.mkdirSync(join(dir, "real", "sub"), { recursive: true });
+      plant(join(dir, "real", "t"), "old", 0o640);
+      plant(join(dir, "real", "u"), "old u");
+      fs.symlinkSync("real/sub", join(dir, "dl")); // dl/.. is real, not dir
+      fs.symlinkSync("../t", join(dir, "real", "sub", "f")); // reached as dl/f: real/sub/../t
+      await put(v, join(dir, "dl", "f"), payload(v, "new"));
+      await put(v, `${join(dir, "dl")}/../u`, payload(v, "new u")); // join() would drop the "dl/.."
+      expectFileBytes(join(dir, "real", "t"), Buffer.from("new"));
+      expectFileBytes(join(dir, "real", "u"), Buffer.from("new u"));
+      expect(modeOf(join(dir, "real", "t"))).toBe(0o640);
+      expectLink(join(dir, "real", "sub", "f"), "../t");
+      expect(fs.readdirSync(dir).sort()).toEqual(["dl", "real"]);
+      expect(fs.readdirSync(join(dir, "real")).sort()).toEqual(["sub", "t", "u"]);
+    });
+
+    test("refuses a link whose text ends in '/', which can only name a directory", async () => {
+      const dir = tempDir();
+      plant(join(dir, "file"), "old", 0o640);
+      fs.symlinkSync("newdir/", join(dir, "to-missing-dir"));
+      fs.symlinkSync("file/", join(dir, "to-file-as-dir"));
+      for (const [link, code] of [
+        ["to-missing-dir", "ENOENT"],
+        ["to-file-as-dir", "ENOTDIR"],
+      ]) {
+        const path = join(dir, link as string);
+        await expectFailsCleanly(() => failure(v, path, payload(v, "new")), {
+          path,
+          codes: [code as string],
+          watch: [dir],
+          target: join(dir, "file"),
+        });
+      }
     });
 
     test("creates the missing target of a dangling link (through a chain too)", async () => {

@@ -14,10 +14,16 @@
  * bun:ffi on Linux under Bun, and to node:fs everywhere else.
  */
 
+import { isUtf8 } from "node:buffer";
 import * as fs from "node:fs";
-import { constants as osConstants } from "node:os";
-import { basename, dirname, resolve as resolvePath } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename, dirname, isAbsolute, resolve as resolvePath } from "node:path";
+
+// node:os (errno numbers, for error reports) and node:url (file: URLs) are loaded on first use:
+// together they cost the compiled CLI about 1.5 ms of its 40 ms start-up, and most writes need
+// neither. `require` works in an ES module under Bun; the Node build gets it from createRequire.
+const errnoNumbers = (): Record<string, number> =>
+  (require("node:os") as typeof import("node:os")).constants.errno as Record<string, number>;
+const urlToPath = (url: URL): string => (require("node:url") as typeof import("node:url")).fileURLToPath(url);
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -34,8 +40,8 @@ export interface WriteOptions {
 
 /** Options of the text and stream functions. */
 export interface TextWriteOptions extends WriteOptions {
-  /** Any encoding `Buffer` supports; default `"utf-8"`. */
-  encoding?: BufferEncoding;
+  /** Any encoding `Buffer` supports (a string, as SPEC types it; checked at run time); default `"utf-8"`. */
+  encoding?: string;
 }
 
 /** Data accepted by the bytes functions. */
@@ -51,7 +57,7 @@ export type StreamSource =
 export interface BatchEntry {
   path: fs.PathLike;
   data: string | BytesLike;
-  encoding?: BufferEncoding;
+  encoding?: string;
   mode?: number;
 }
 
@@ -121,7 +127,10 @@ function textRequest(path: fs.PathLike, data: unknown, options: unknown): Reques
   if (typeof data !== "string") throw new TypeError(`data must be a string, got ${describe(data)}`);
   const encoding = encodingOf(options);
   // The byte count only serves ifChanged, and counting a huge string costs a full pass over it.
-  const length = base.ifChanged ? Buffer.byteLength(data, encoding) : undefined;
+  // Exact only for the piecewise encodings: for base64 and hex, Buffer.byteLength is an estimate
+  // (padding, line breaks, stray characters), and a wrong count would rewrite identical bytes.
+  const length =
+    base.ifChanged && PIECEWISE.has(encoding.toLowerCase()) ? Buffer.byteLength(data, encoding) : undefined;
   return { ...base, chunks: (scratch) => textChunks(data, encoding, scratch), length };
 }
 
@@ -163,10 +172,14 @@ function baseOptions(options: unknown): { durable: boolean; ifChanged: boolean }
 function pathOf(path: unknown): { shown: string; path: string } {
   let text: string;
   if (typeof path === "string") text = path;
-  else if (Buffer.isBuffer(path)) text = path.toString("utf8");
+  else if (Buffer.isBuffer(path)) {
+    // Decoding would turn invalid bytes into U+FFFD, and so write to another file than the one named.
+    if (!isUtf8(path)) throw new TypeError("path must be valid UTF-8 when given as a Buffer");
+    text = path.toString("utf8");
+  }
   else if (path instanceof URL) {
     if (path.protocol !== "file:") throw new TypeError(`path must be a file: URL, got ${path.href}`);
-    text = fileURLToPath(path);
+    text = urlToPath(path);
   } else throw new TypeError(`path must be a string, Buffer or file: URL, got ${describe(path)}`);
   if (text.length === 0) throw new TypeError("path must not be empty");
   if (text.includes("\0")) throw new TypeError("path must not contain a NUL byte");
@@ -567,18 +580,22 @@ async function writeAsync(request: Request): Promise<void> {
   }
 }
 
+function directoryOfKey(key: string): string {
+  return key.slice(0, key.lastIndexOf("/"));
+}
+
 /** One key per file, however it is reached (relative path, symlinks, symlinked directories). */
 function fileKey(path: string): string {
-  let target: string;
+  let target: Target;
   try {
-    target = runSync(resolveTarget(path)).path;
+    target = runSync(resolveTarget(path));
   } catch {
     return resolvePath(path); // the write itself will report the error, in its turn
   }
   try {
-    return `${realDirectory(resolvePath(dirname(target)))}/${basename(target)}`;
+    return `${realDirectory(target.directory)}/${target.name}`;
   } catch {
-    return resolvePath(target);
+    return resolvePath(target.path);
   }
 }
 
@@ -589,11 +606,14 @@ const realDirectories = new Map<string, string>();
  * while the program runs can at worst let two writes settle out of order, each still atomic.
  */
 function realDirectory(directory: string): string {
-  let real = realDirectories.get(directory);
+  // Absolute, so that a chdir does not change what a key means; but not normalised: "link/.."
+  // is the parent of the link's target, which only the kernel's walk (realpath(3)) gets right.
+  const absolute = isAbsolute(directory) ? directory : `${process.cwd()}/${directory}`;
+  let real = realDirectories.get(absolute);
   if (real === undefined) {
     if (realDirectories.size >= 4096) realDirectories.clear();
-    real = fs.realpathSync(directory);
-    realDirectories.set(directory, real);
+    real = fs.realpathSync.native(absolute);
+    realDirectories.set(absolute, real);
   }
   return real;
 }
@@ -628,8 +648,7 @@ function batchRequests(entries: unknown, options: unknown): { requests: Request[
 
 /** Writes several files: all are staged, then all renamed, then each directory fsynced once. */
 export function atomicWriteMany(entries: BatchEntry[], options?: BatchOptions): void {
-  const { requests, durable } = batchRequests(entries, options);
-  runSync(batchPlan(requests, durable, syncScratch()));
+  runSync(batchPlan(batchRequests(entries, options), syncScratch()));
 }
 
 export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptions): Promise<void> {
@@ -639,7 +658,7 @@ export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptio
   } catch (error) {
     return Promise.reject(error);
   }
-  return enqueue(batch.keys, () => runAsync(batchPlan(batch.requests, batch.durable)));
+  return enqueue(batch.keys, () => runAsync(batchPlan(batch)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,14 +702,22 @@ function* writePlan(request: Request, chunks: Chunks): Plan<void> {
   }
 }
 
-function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Plan<void> {
+type Batch = ReturnType<typeof batchRequests>;
+
+function* batchPlan({ requests, keys, durable }: Batch, scratch?: Buffer): Plan<void> {
   const staged: Staged[] = [];
+  // Each staged file's directory as its key names it (real path): "a", "a/." and a symlink to "a"
+  // are one directory, fsynced once.
+  const realDirectories: string[] = [];
   try {
-    for (const request of requests) {
+    for (const [index, request] of requests.entries()) {
       try {
         // Each temp is closed once staged, so that a large batch holds a bounded number of descriptors.
         const one = yield* stage(request, request.chunks(scratch), false);
-        if (one) staged.push(one);
+        if (one) {
+          staged.push(one);
+          realDirectories.push(directoryOfKey(keys[index] as string));
+        }
       } catch (error) {
         throw blame(error, request.shown);
       }
@@ -713,7 +740,8 @@ function* batchPlan(requests: Request[], durable: boolean, scratch?: Buffer): Pl
       break;
     }
     renamed.push(one.shown);
-    if (!directories.has(one.directory)) directories.set(one.directory, one);
+    const directory = realDirectories[index] as string;
+    if (!directories.has(directory)) directories.set(directory, one);
   }
   // Even after a failed rename, the renames that did happen are made durable.
   for (const first of durable ? directories.values() : []) {
@@ -791,9 +819,10 @@ const MAX_SYMLINKS = 40; // Linux's own limit for one path walk
 
 /** Step 1: follow symlinks to the file that will really be replaced. */
 function* resolveTarget(path: string): Plan<Target> {
-  const mustBeDirectory = path.endsWith("/");
   let current = path;
   for (let hops = 0; ; hops++) {
+    // A path, or a link's text, ending in "/" can only name a directory: never a file to write.
+    const mustBeDirectory = current.endsWith("/");
     let stat: FileInfo;
     try {
       stat = (yield sys("lstat", current)) as FileInfo;
@@ -807,7 +836,7 @@ function* resolveTarget(path: string): Plan<Target> {
     const kind = stat.mode & S_IFMT;
     if (kind === S_IFLNK) {
       if (hops >= MAX_SYMLINKS) throw systemError("ELOOP", "too many levels of symbolic links", "open", path);
-      current = resolvePath(dirname(current), (yield sys("readlink", current)) as string);
+      current = linkTarget(current, (yield sys("readlink", current)) as string);
       continue;
     }
     if (kind === S_IFDIR) throw systemError("EISDIR", "illegal operation on a directory", "open", path);
@@ -816,6 +845,17 @@ function* resolveTarget(path: string): Plan<Target> {
     if (kind !== S_IFREG) throw systemError("EINVAL", "not a regular file", "open", path);
     return targetAt(current, stat);
   }
+}
+
+/**
+ * Where a link's text leads, as the kernel would follow it: a relative text starts in the link's own
+ * directory. Not through node:path's resolve, which would drop a "dir/.." where "dir" is itself a
+ * symlink, and so reach a different file than the kernel does.
+ */
+function linkTarget(link: string, text: string): string {
+  if (isAbsolute(text)) return text;
+  const { directory } = targetAt(link);
+  return directory === "/" ? `/${text}` : `${directory}/${text}`;
 }
 
 /**
@@ -927,16 +967,13 @@ function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
 }
 
 /**
- * The process's effective ids, read once (two system calls a write saved). A program that changes
- * them later at worst makes a harmless extra fchown, or leaves a file it could have given back to
- * its old owner with the process's new ids.
+ * Step 4: owner first, since chown clears the setuid and setgid bits that the mode may set. Even
+ * when the old file has the process's own ids: in a setgid directory (or on a file system mounted
+ * with grpid) the temp took the directory's group, and only this gives the old one back.
  */
-const ids = { uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
-
-/** Step 4: owner first, since chown clears the setuid and setgid bits that the mode may set. */
 function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined): Plan<void> {
   const old = target.existing;
-  if (old && (old.uid !== ids.uid || old.gid !== ids.gid)) {
+  if (old) {
     try {
       yield sys("fchown", fd, old.uid, old.gid);
     } catch {
@@ -1171,7 +1208,7 @@ let codes: Map<number, string> | undefined;
 
 /** errno numbers back to their codes (node:util's map would cost start-up time for a rare path). */
 function errnoCodes(): Map<number, string> {
-  codes ??= new Map(Object.entries(osConstants.errno).map(([code, errno]) => [errno, code]));
+  codes ??= new Map(Object.entries(errnoNumbers()).map(([code, errno]) => [errno, code]));
   return codes;
 }
 
@@ -1304,7 +1341,7 @@ function systemError(code: string, text: string, syscall: string, path: string |
   const where = path === undefined ? syscall : `${syscall} '${path}'`;
   const error = new Error(`${code}: ${text}, ${where}`) as NodeJS.ErrnoException;
   error.code = code;
-  const errno = (osConstants.errno as Record<string, number>)[code];
+  const errno = errnoNumbers()[code];
   if (errno !== undefined) error.errno = -errno;
   error.syscall = syscall;
   if (path !== undefined) error.path = path;

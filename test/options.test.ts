@@ -9,6 +9,8 @@ import { join } from "node:path";
 import {
   atomicWriteBytes,
   atomicWriteBytesAsync,
+  atomicWriteMany,
+  atomicWriteManyAsync,
   atomicWriteStream,
   atomicWriteText,
   atomicWriteTextAsync,
@@ -154,6 +156,33 @@ describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
       const file = join(dir, "new.txt");
       await writer.write(file, "fresh", { ifChanged: true });
       expect(fs.readFileSync(file, "utf8")).toBe("fresh");
+    });
+  }
+
+  // Buffer.byteLength only estimates these (line breaks, padding, stray characters): a count taken
+  // from it would call identical bytes different.
+  const estimated: [string, BufferEncoding][] = [
+    ["aGVsbG8g\nd29ybGQ=\n", "base64"],
+    ["aGVsbG8gd29ybGQ", "base64"], // unpadded
+    ["68656c6c6f20776f726c64zz", "hex"], // a trailing pair that is not hex is dropped
+  ];
+  const textWriters: [string, (path: string, data: string, encoding: BufferEncoding) => unknown][] = [
+    ["atomicWriteText", (path, data, encoding) => atomicWriteText(path, data, { encoding, ifChanged: true })],
+    ["atomicWriteTextAsync", (path, data, encoding) => atomicWriteTextAsync(path, data, { encoding, ifChanged: true })],
+    ["atomicWriteMany", (path, data, encoding) => atomicWriteMany([{ path, data, encoding }], { ifChanged: true })],
+    [
+      "atomicWriteManyAsync",
+      (path, data, encoding) => atomicWriteManyAsync([{ path, data, encoding }], { ifChanged: true }),
+    ],
+  ];
+  for (const [name, write] of textWriters) {
+    test(`${name}: identical bytes given as base64 or hex text keep the inode and mtime`, async () => {
+      for (const [text, encoding] of estimated) {
+        const { file } = target("hello world");
+        const before = identity(file);
+        await write(file, text, encoding);
+        expect([text, identity(file)]).toEqual([text, before]);
+      }
     });
   }
 
