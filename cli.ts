@@ -51,6 +51,7 @@ function parse(args: string[]): Command {
     }
   }
   if (paths.length !== 1) throw new UsageError(paths.length === 0 ? "missing <path>" : "expected exactly one <path>");
+  if (paths[0] === "") throw new UsageError("<path> must not be empty");
   return { kind: "write", path: paths[0] as string, mode };
 }
 
@@ -146,7 +147,7 @@ async function main(args: string[]): Promise<number> {
     return 0;
   } catch (error) {
     const failure = error as AtomicWriteError;
-    const text = oneLine(failure.message ?? String(error));
+    const text = failure.message ?? String(error);
     if (failure.published) {
       say(2, `atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
       return 3;
@@ -157,15 +158,20 @@ async function main(args: string[]): Promise<number> {
   }
 }
 
-/** The console, not process.stdout (whose set-up would double the start-up time) nor node:fs. */
+/**
+ * The console, not process.stdout (whose set-up would double the start-up time) nor node:fs. An
+ * error is one line on stderr, even when the path or the reason holds a line break: control
+ * characters are shown escaped, as in a JSON string.
+ */
 function say(fd: 1 | 2, text: string): void {
   const line = text.endsWith("\n") ? text.slice(0, -1) : text;
   if (fd === 1) console.log(line);
-  else console.error(line);
+  else console.error(escapeControls(line));
 }
 
-function oneLine(text: string): string {
-  return text.replace(/\s*\n\s*/g, " ");
+function escapeControls(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it escapes
+  return text.replace(/[\u0000-\u001f\u007f]/g, (control) => JSON.stringify(control).slice(1, -1));
 }
 
 // No top-level await: the compiled binary is CommonJS bytecode (see package.json "build:bin").

@@ -188,6 +188,8 @@ describe("atomic-write usage errors exit 2 with one line on stderr and touch not
     ["mode 'abc'", ["--mode", "abc", "TARGET"]],
     ["--mode without a value", ["TARGET", "--mode"]],
     ["an unknown option", ["--frobnicate", "TARGET"]],
+    ["an empty path", [""]],
+    ["an unknown option with a line break in it", ["--frob\nnicate", "TARGET"]],
   ] as const)("rejects %s", (_, template) => {
     const { dir, target } = withTarget("keep me\n", 0o640);
     const args = template.map((arg) => (arg === "TARGET" ? target : arg === "OTHER" ? join(dir, "other") : arg));
@@ -237,6 +239,14 @@ describe("atomic-write failures exit 1 with one line naming the path, and change
     fs.writeFileSync(join(path, "inside"), "inside\n");
     const before = { [dir]: snapshot(dir), [path]: snapshot(path) };
     expectNothingWritten(cli([path], "data\n"), path, /EISDIR/, before);
+  });
+
+  test("names a path holding a line break on one line, the break escaped", () => {
+    const { dir } = withTarget();
+    const path = join(dir, "missing\ndir", "out");
+    const before = { [dir]: snapshot(dir) };
+    const result = cli([path], "data\n");
+    expectNothingWritten(result, JSON.stringify(path).slice(1, -1), /ENOENT/, before);
   });
 
   test("fails with ENOTDIR when a parent component is a file", () => {
