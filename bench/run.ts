@@ -607,6 +607,8 @@ interface Binaries {
   /** The least any compiled Bun program pays to reach a file system call: bun:ffi, or node:fs. */
   ffiOnly: string;
   fsOnly: string;
+  /** Both, as a write of this design needs: node:fs is its core (SPEC), bun:ffi its anonymous temps. */
+  ffiAndFs: string;
 }
 
 const TINY_PROGRAMS = {
@@ -618,10 +620,17 @@ const TINY_PROGRAMS = {
     "",
   ].join("\n"),
   fsOnly: 'process.getBuiltinModule("node:fs").writeSync(1, "hello world\\n");\n',
+  ffiAndFs: [
+    'const { dlopen, FFIType } = process.getBuiltinModule("bun:ffi");',
+    'const { symbols } = dlopen("libc.so.6", { write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i32 } });',
+    'symbols.write(1, Buffer.from("hello "), 6);',
+    'process.getBuiltinModule("node:fs").writeSync(1, "world\\n");',
+    "",
+  ].join("\n"),
 };
 
 function buildBinaries(): Binaries {
-  log("building the compiled CLI, a compiled hello world and two tiny programs that write through bun:ffi or node:fs");
+  log("building the compiled CLI, a compiled hello world and tiny programs that write through bun:ffi, node:fs or both");
   // package.json's build:bin flags, for all: bytecode spares the parse at start-up.
   const flags = ["build", "--compile", "--minify", "--bytecode", "--format=cjs"];
   const cli = join(BUILD, "atomic-write");
@@ -785,13 +794,14 @@ function writeInput(path: string, bytes: number): void {
 // hyperfine -N and for spawnSync), against a compiled hello world; the C floor's CLI for scale.
 
 async function startup(): Promise<void> {
-  const { cli, hello, ffiOnly, fsOnly } = binariesOnce();
+  const { cli, hello, ffiOnly, fsOnly, ffiAndFs } = binariesOnce();
   const dir = join(scratch.dir, "startup");
   fs.mkdirSync(dir, { recursive: true });
   const commands = [
     { id: "hello", label: "compiled Bun hello world", argv: [hello] },
     { id: "ffi-only", label: "compiled: load bun:ffi, write(1) through libc", argv: [ffiOnly] },
     { id: "fs-only", label: "compiled: load node:fs, fs.writeSync(1)", argv: [fsOnly] },
+    { id: "ffi-and-fs", label: "compiled: load both, write(1) through each", argv: [ffiAndFs] },
     { id: "cli", label: "atomic-write --version (compiled)", argv: [cli, "--version"] },
     { id: "cli-write", label: `atomic-write, empty stdin to a file on ${scratch.name}`, argv: [cli, join(dir, "aw")] },
     ...(floor.ok
@@ -857,7 +867,7 @@ async function startup(): Promise<void> {
       // A write needs both bun:ffi and node:fs; --version needs neither.
       closest:
         id === "cli-write"
-          ? `loads bun:ffi only: ${vsHello("ffi-only")}; node:fs only: ${vsHello("fs-only")}`
+          ? `loads bun:ffi and node:fs: ${vsHello("ffi-and-fs")}; bun:ffi only: ${vsHello("ffi-only")}; node:fs only: ${vsHello("fs-only")}`
           : undefined,
     });
   }
