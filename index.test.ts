@@ -21,6 +21,7 @@ import {
   mountTmpfs,
   NOBODY,
   remount,
+  run,
   snapshot,
   tempDir,
   tempResidue,
@@ -696,6 +697,25 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
         target: path,
       });
     });
+
+    // Root alone may set the attribute; node:fs cannot read it, so the portable layer cannot check.
+    test.skipIf(!isRoot || !has("chattr") || settings.ATOMIC_WRITE_FFI === "0")(
+      "EPERM in an append-only directory, before any temp exists there (it could never be removed)",
+      async () => {
+        const dir = tempDir();
+        const path = join(dir, "target");
+        plant(path, "old contents", 0o640);
+        const fresh = join(dir, "new");
+        run("chattr", ["+a", dir]);
+        try {
+          for (const target of [path, fresh]) {
+            await expectFailsCleanly(attempt(target), { path: target, codes: ["EPERM"], watch: [dir], target: path });
+          }
+        } finally {
+          run("chattr", ["-a", dir]);
+        }
+      },
+    );
 
     test.skipIf(!isRoot)("EACCES for an unprivileged user in a directory it may not write", async () => {
       const dir = tempDir();

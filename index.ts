@@ -176,8 +176,7 @@ function pathOf(path: unknown): { shown: string; path: string } {
     // Decoding would turn invalid bytes into U+FFFD, and so write to another file than the one named.
     if (!isUtf8(path)) throw new TypeError("path must be valid UTF-8 when given as a Buffer");
     text = path.toString("utf8");
-  }
-  else if (path instanceof URL) {
+  } else if (path instanceof URL) {
     if (path.protocol !== "file:") throw new TypeError(`path must be a file: URL, got ${path.href}`);
     text = urlToPath(path);
   } else throw new TypeError(`path must be a string, Buffer or file: URL, got ${describe(path)}`);
@@ -378,6 +377,8 @@ const ops = {
   open: (path: string, flags: number, mode: number): number => fs.openSync(path, flags, mode),
   fstat: (fd: number): FileInfo => fs.fstatSync(fd),
   statfsType: (path: string): number => fs.statfsSync(path).type,
+  /** Whether names in this directory can be added but never removed (chattr +a); node:fs cannot tell. */
+  appendOnly: (_directory: string): boolean => false,
   write: writeSync,
   /** The same write, to a file in memory (the async driver treats it differently). */
   writeInMemory: writeSync,
@@ -781,10 +782,15 @@ function* stageTemp(
   replay: Replay | undefined,
   renamedNext: boolean,
 ): Plan<Staged> {
+  // Probed once per directory: not a generator of its own, which cost more than the lookup.
+  const traits = directoryTraits(target.directory);
+  traits.appendOnly ??= yield* appendOnly(target.directory);
+  if (traits.appendOnly) {
+    // The rename would fail (it removes the temp's name), and so would removing the temp after it.
+    throw systemError("EPERM", "operation not permitted (the directory is append-only)", "rename", target.path);
+  }
   const temp = yield* createTemp(target, mode);
   try {
-    // Probed once per directory: not a generator of its own, which cost more than the lookup.
-    const traits = directoryTraits(target.directory);
     temp.fsType = traits.fsType ??= (yield sys("statfsType", target.directory)) as number;
     if (replay) yield* copyPrefix(replay, temp);
     yield* writeAll(temp, chunks);
@@ -1025,6 +1031,7 @@ const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_SYMLINK_FOLLOW = 0x400;
 const AT_EMPTY_PATH = 0x1000;
 const STATX_BASIC_STATS = 0x7ff;
+const STATX_ATTR_APPEND = 0x20;
 const EMPTY = Buffer.from([0]);
 /** Counts above this are split: results then fit an i32, and the kernel moves < 2 GiB a call anyway. */
 const MAX_IO = 1 << 30;
@@ -1160,6 +1167,11 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
       run(() => c.statfs(name, fileSystem), "statfs", path);
       return fileSystem.readUInt32LE(0);
     },
+    appendOnly: (directory) => {
+      const name = cString(directory);
+      run(() => c.statx(AT_FDCWD, name, 0, STATX_BASIC_STATS, stat), "stat", directory);
+      return (stat.readUInt32LE(8) & STATX_ATTR_APPEND) !== 0; // stx_attributes, low half
+    },
     openAnonymous: (directory, mode) => {
       const name = cString(directory);
       return run(() => c.open(name, O_TMPFILE | O_CLOEXEC | fs.constants.O_WRONLY, mode), "open", directory);
@@ -1226,6 +1238,8 @@ function cString(text: string, slot: 0 | 1 = 0): Buffer {
 
 interface DirectoryTraits {
   anonymous: boolean;
+  /** Names can be added but not removed (chattr +a): a temp there could never be cleaned up. */
+  appendOnly?: boolean;
   /** statfs f_type of the directory's file system, once asked. */
   fsType?: number;
 }
@@ -1241,6 +1255,15 @@ function directoryTraits(directory: string): DirectoryTraits {
     traits.set(directory, known);
   }
   return known;
+}
+
+/** Asked before any temp exists there. A directory that cannot be asked is reported by createTemp. */
+function* appendOnly(directory: string): Plan<boolean | undefined> {
+  try {
+    return (yield sys("appendOnly", directory)) as boolean;
+  } catch {
+    return undefined;
+  }
 }
 
 function anonymousTempsAllowed(directory: string): boolean {
