@@ -630,7 +630,7 @@ const TINY_PROGRAMS = {
 };
 
 function buildBinaries(): Binaries {
-  log("building the compiled CLI, a compiled hello world and tiny programs that write through bun:ffi, node:fs or both");
+  log("building the compiled CLI, a hello world and tiny programs writing through bun:ffi, node:fs or both");
   // package.json's build:bin flags, for all: bytecode spares the parse at start-up.
   const flags = ["build", "--compile", "--minify", "--bytecode", "--format=cjs"];
   const cli = join(BUILD, "atomic-write");
