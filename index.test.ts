@@ -604,6 +604,8 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       ["a Buffer that is not UTF-8", Buffer.concat([Buffer.from(join(dirForPaths, "a")), Buffer.from([0xff])])],
       ["a file: URL with an encoded NUL", new URL(`${pathToFileURL(dirForPaths).href}/a%00b`)],
       ["a non-file URL", new URL("https://example.com/file.txt")],
+      ["a file: URL with a bad escape", new URL(`${pathToFileURL(dirForPaths).href}/a%FF`)],
+      ["a file: URL with a remote host", new URL("file://example.com/file.txt")],
       ["a number", 42],
     ];
     test.each(badPaths)("a path that is %s: an error naming path", async (_label, path) => {

@@ -178,11 +178,23 @@ function pathOf(path: unknown): { shown: string; path: string } {
     text = path.toString("utf8");
   } else if (path instanceof URL) {
     if (path.protocol !== "file:") throw new TypeError(`path must be a file: URL, got ${path.href}`);
-    text = urlToPath(path);
+    text = fileUrlPath(path);
   } else throw new TypeError(`path must be a string, Buffer or file: URL, got ${describe(path)}`);
   if (text.length === 0) throw new TypeError("path must not be empty");
   if (text.includes("\0")) throw new TypeError("path must not contain a NUL byte");
   return { shown: text, path: text };
+}
+
+/** Node throws a URIError for a bad escape, Bun returns "": both are the caller's argument error. */
+function fileUrlPath(url: URL): string {
+  let text: string;
+  try {
+    text = urlToPath(url);
+  } catch (error) {
+    throw new TypeError(`path must be a file: URL of a local path, got ${url.href}: ${(error as Error).message}`);
+  }
+  if (text === "") throw new TypeError(`path must be a file: URL of a local path, got ${url.href}`);
+  return text;
 }
 
 function checkMode(mode: unknown): asserts mode is number {
