@@ -644,9 +644,7 @@ function batchRequests(entries: unknown, options: unknown): { requests: Request[
     if (entry === null || typeof entry !== "object") {
       throw new TypeError(`entries[${index}] must be an object, got ${describe(entry)}`);
     }
-    const { path, data, encoding, mode } = entry as BatchEntry;
-    const perEntry = { encoding, mode, durable, ifChanged };
-    const request = typeof data === "string" ? textRequest(path, data, perEntry) : bytesRequest(path, data, perEntry);
+    const request = entryRequest(entry as BatchEntry, index, durable, ifChanged);
     const key = fileKey(request.path);
     const first = seen.get(key);
     if (first !== undefined) {
@@ -657,6 +655,22 @@ function batchRequests(entries: unknown, options: unknown): { requests: Request[
     keys.push(key);
   });
   return { requests, keys, durable };
+}
+
+function entryRequest(entry: BatchEntry, index: number, durable: boolean, ifChanged: boolean): Request {
+  const { path, data, encoding, mode } = entry;
+  const perEntry = { encoding, mode, durable, ifChanged };
+  try {
+    if (typeof data === "string") return textRequest(path, data, perEntry);
+    if (encoding !== undefined) encodingOf(perEntry); // meaningless for bytes, but a bogus one is a mistake
+    return bytesRequest(path, data, perEntry);
+  } catch (error) {
+    // The checks name the argument as for a single write ("path", "options.mode"): say which entry.
+    if (error instanceof TypeError || error instanceof RangeError) {
+      error.message = `entries[${index}].${error.message.replace(/^options\./, "")}`;
+    }
+    throw error;
+  }
 }
 
 /** Writes several files: all are staged, then all renamed, then each directory fsynced once. */
