@@ -14,12 +14,15 @@ import * as lib from "./index.ts";
 import {
   type ChildWrite,
   cleanup,
+  type Failure,
+  failureOf,
   fillDisk,
   has,
   isRoot,
   modeOf,
   mountTmpfs,
   NOBODY,
+  plant,
   remount,
   run,
   snapshot,
@@ -81,32 +84,9 @@ async function put(v: Variant, path: unknown, data: unknown, options?: unknown):
   if (typeof path === "string") expect(tempResidue(join(path, ".."))).toEqual([]);
 }
 
-interface Failure {
-  name?: string;
-  code?: string;
-  message?: string;
-  published?: unknown;
-}
-
 /** A call that must fail: a sync function throws, an async one rejects (and never throws). */
-async function failure(v: Variant, path: unknown, data: unknown, options?: unknown): Promise<Failure> {
-  let returned: unknown;
-  try {
-    returned = v.fn(path, data, options);
-  } catch (error) {
-    if (v.isAsync) throw new Error(`${v.name} threw synchronously instead of rejecting: ${error}`);
-    expect(error).toBeInstanceOf(Error);
-    return error as Failure;
-  }
-  if (!v.isAsync) throw new Error(`${v.name} returned instead of throwing`);
-  expect(returned).toBeInstanceOf(Promise);
-  try {
-    await returned;
-  } catch (error) {
-    expect(error).toBeInstanceOf(Error);
-    return error as Failure;
-  }
-  throw new Error(`${v.name} resolved instead of rejecting`);
+function failure(v: Variant, path: unknown, data: unknown, options?: unknown): Promise<Failure> {
+  return failureOf(v.name, v.isAsync, () => v.fn(path, data, options));
 }
 
 interface Expectation {
@@ -160,12 +140,6 @@ function readUmask(): number {
   const mask = process.umask(0);
   process.umask(mask);
   return mask;
-}
-
-/** A regular file with exactly these bytes and this mode (chmod, so no umask in the way). */
-function plant(path: string, contents: string | Uint8Array, mode = 0o644): void {
-  fs.writeFileSync(path, contents);
-  fs.chmodSync(path, mode);
 }
 
 const hex = (text: string) => Buffer.from(text, "hex");

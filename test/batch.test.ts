@@ -16,14 +16,20 @@ import type { BatchChildRequest, BatchChildResult } from "./fixtures/batch-child
 import {
   BUN,
   cleanup,
+  type Failure,
+  failureOf,
+  fdFile,
   fillDisk,
   has,
   isRoot,
   modeOf,
   mountTmpfs,
+  parseTrace,
+  plant,
   ROOT,
   ROOT_ONLY,
   remount,
+  type Syscall,
   snapshot,
   TEMP_KINDS,
   tempDir,
@@ -61,37 +67,9 @@ async function put(v: Variant, entries: unknown, options?: unknown): Promise<voi
   }
 }
 
-interface Failure {
-  name?: string;
-  code?: string;
-  message: string;
-}
-
 /** A call that must fail: the sync function throws, the async one rejects (and never throws). */
-async function failure(v: Variant, entries: unknown, options?: unknown): Promise<Failure> {
-  let returned: unknown;
-  try {
-    returned = v.fn(entries, options);
-  } catch (error) {
-    if (v.isAsync) throw new Error(`${v.name} threw synchronously instead of rejecting: ${error}`);
-    expect(error).toBeInstanceOf(Error);
-    return error as Failure;
-  }
-  if (!v.isAsync) throw new Error(`${v.name} returned instead of throwing`);
-  expect(returned).toBeInstanceOf(Promise);
-  try {
-    await returned;
-  } catch (error) {
-    expect(error).toBeInstanceOf(Error);
-    return error as Failure;
-  }
-  throw new Error(`${v.name} resolved instead of rejecting`);
-}
-
-/** A regular file with exactly these bytes and this mode (chmod, so no umask in the way). */
-function plant(path: string, contents: string | Uint8Array, mode = 0o644): void {
-  fs.writeFileSync(path, contents);
-  fs.chmodSync(path, mode);
+function failure(v: Variant, entries: unknown, options?: unknown): Promise<Failure> {
+  return failureOf(v.name, v.isAsync, () => v.fn(entries, options));
 }
 
 const hex = (text: string) => Buffer.from(text, "hex");
@@ -137,72 +115,6 @@ function batchesInChild(requests: BatchChildRequest[], wrap: string[] = []): Bat
   }
 }
 
-interface Syscall {
-  pid: string;
-  name: string;
-  args: string;
-  result: string;
-  /** Trace lines where the call started and returned (they differ when another thread cut in). */
-  start: number;
-  end: number;
-}
-
-/** `strace -f` output as calls, each `<unfinished ...>` joined with its `resumed` half. */
-function parseTrace(text: string): Syscall[] {
-  const calls: Syscall[] = [];
-  const open = new Map<string, Syscall>();
-  text.split("\n").forEach((line, index) => {
-    const head = /^(\d+)\s+(.*)$/.exec(line);
-    if (!head) return;
-    const [, pid = "", rest = ""] = head;
-    const resumed = /^<\.\.\. (\w+) resumed>(.*)\)\s+= (.*)$/.exec(rest);
-    if (resumed) {
-      const call = open.get(pid);
-      if (call?.name === resumed[1]) {
-        call.args += resumed[2];
-        call.result = resumed[3] as string;
-        call.end = index;
-        open.delete(pid);
-      }
-      return;
-    }
-    const unfinished = /^(\w+)\((.*) <unfinished \.\.\.>$/.exec(rest);
-    if (unfinished) {
-      const call = {
-        pid,
-        name: unfinished[1] as string,
-        args: unfinished[2] as string,
-        result: "",
-        start: index,
-        end: -1,
-      };
-      open.set(pid, call);
-      calls.push(call);
-      return;
-    }
-    const whole = /^(\w+)\((.*)\)\s+= (.*)$/.exec(rest);
-    if (whole) {
-      calls.push({
-        pid,
-        name: whole[1] as string,
-        args: whole[2] as string,
-        result: whole[3] as string,
-        start: index,
-        end: index,
-      });
-    }
-  });
-  return calls;
-}
-
-/**
- * The file `strace -y` shows for a call's first argument, a descriptor: `5</dir/file>`, or for an
- * unnamed (O_TMPFILE) or unlinked inode `5</dir/#123>(deleted)`, returned as "/dir/#123".
- */
-function fdFile(call: Syscall): string | undefined {
-  return /^\d+<([^>]*)>/.exec(call.args)?.[1];
-}
-
 /** The quoted path arguments of a call (a rename's source and destination; every path here is absolute). */
 function quotedPaths(call: Syscall): string[] {
   return [...call.args.matchAll(/"([^"]*)"/g)].map((match) => match[1] as string);
@@ -214,7 +126,7 @@ const RENAMES = new Set(["rename", "renameat", "renameat2"]);
 /** A temp of one of `dirs`: an anonymous inode (`#123`) or a hidden `.name.hex.tmp`. */
 function isTempIn(file: string | undefined, dirs: string[]): boolean {
   if (file === undefined || !dirs.includes(dirname(file))) return false;
-  return /^#\d+$/.test(basename(file)) || /^\..+\.tmp$/.test(basename(file));
+  return /^#\d+ \(deleted\)$/.test(basename(file)) || /^\..+\.tmp$/.test(basename(file));
 }
 
 // ---------------------------------------------------------------------------------------------

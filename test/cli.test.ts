@@ -14,13 +14,16 @@ import {
   asUser,
   cleanup,
   compileCli,
+  fdFile,
   fillDisk,
   has,
   isRoot,
   modeOf,
   mountTmpfs,
   NOBODY,
+  parseTrace,
   remount,
+  type Syscall,
   snapshot,
   tempDir,
   tempResidue,
@@ -284,75 +287,6 @@ describe("atomic-write failures exit 1 with one line naming the path, and change
 
 // ---------------------------------------------------------------------------------------------
 // Traces. `strace -y` names each descriptor's file, so the order of the protocol can be read off.
-
-interface Syscall {
-  pid: string;
-  name: string;
-  args: string;
-  result: string;
-  /** Trace line where the call started and where it returned (they differ across threads). */
-  start: number;
-  end: number;
-}
-
-/** Parses `strace -f` output, joining `<unfinished ...>` calls with their `resumed` halves. */
-function parseTrace(text: string): Syscall[] {
-  const calls: Syscall[] = [];
-  const pending = new Map<string, Syscall>();
-  text.split("\n").forEach((line, index) => {
-    const head = /^(\d+)\s+(.*)$/.exec(line);
-    if (!head) return;
-    const pid = head[1] as string;
-    const rest = head[2] as string;
-    const resumed = /^<\.\.\. (\w+) resumed>(.*)\)\s+= (.*)$/.exec(rest);
-    if (resumed) {
-      const call = pending.get(pid);
-      if (call && call.name === resumed[1]) {
-        call.args += resumed[2];
-        call.result = resumed[3] as string;
-        call.end = index;
-        pending.delete(pid);
-      }
-      return;
-    }
-    const unfinished = /^(\w+)\((.*) <unfinished \.\.\.>$/.exec(rest);
-    if (unfinished) {
-      const call = {
-        pid,
-        name: unfinished[1] as string,
-        args: unfinished[2] as string,
-        result: "",
-        start: index,
-        end: -1,
-      };
-      pending.set(pid, call);
-      calls.push(call);
-      return;
-    }
-    const whole = /^(\w+)\((.*)\)\s+= (.*)$/.exec(rest);
-    if (whole) {
-      calls.push({
-        pid,
-        name: whole[1] as string,
-        args: whole[2] as string,
-        result: whole[3] as string,
-        start: index,
-        end: index,
-      });
-    }
-  });
-  return calls;
-}
-
-/**
- * The file `strace -y` shows for a call's first argument, a descriptor: `5</dir/file>`, or for an
- * unlinked or still unnamed (O_TMPFILE) inode `5</dir/#123>(deleted)`, returned as "/dir/#123 (deleted)".
- */
-function fdFile(call: Syscall): string | undefined {
-  const match = /^\d+<(.*?)>(\(deleted\))?(?:,|$)/.exec(call.args);
-  if (!match) return undefined;
-  return match[2] ? `${match[1]} (deleted)` : match[1];
-}
 
 /** Source and destination of a rename, renameat or renameat2, as absolute paths. */
 function renamePaths(call: Syscall, cwd: string): [string, string] {

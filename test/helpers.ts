@@ -3,7 +3,7 @@
  * children (setpriv), write requests run in a child process, and snapshots of a directory that
  * prove a failed write changed nothing.
  */
-import { afterAll, beforeAll } from "bun:test";
+import { afterAll, beforeAll, expect } from "bun:test";
 import { type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -256,4 +256,118 @@ export function useTempKind(env: string | undefined): void {
     set(env);
   });
   afterAll(() => set(before));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traces. `strace -f -y` names each descriptor's file, so the order of a protocol can be read off.
+
+export interface Syscall {
+  pid: string;
+  name: string;
+  args: string;
+  result: string;
+  /** Trace line where the call started and where it returned (they differ across threads). */
+  start: number;
+  end: number;
+}
+
+/** Parses `strace -f` output, joining `<unfinished ...>` calls with their `resumed` halves. */
+export function parseTrace(text: string): Syscall[] {
+  const calls: Syscall[] = [];
+  const pending = new Map<string, Syscall>();
+  text.split("\n").forEach((line, index) => {
+    const head = /^(\d+)\s+(.*)$/.exec(line);
+    if (!head) return;
+    const pid = head[1] as string;
+    const rest = head[2] as string;
+    const resumed = /^<\.\.\. (\w+) resumed>(.*)\)\s+= (.*)$/.exec(rest);
+    if (resumed) {
+      const call = pending.get(pid);
+      if (call && call.name === resumed[1]) {
+        call.args += resumed[2];
+        call.result = resumed[3] as string;
+        call.end = index;
+        pending.delete(pid);
+      }
+      return;
+    }
+    const unfinished = /^(\w+)\((.*) <unfinished \.\.\.>$/.exec(rest);
+    if (unfinished) {
+      const call = {
+        pid,
+        name: unfinished[1] as string,
+        args: unfinished[2] as string,
+        result: "",
+        start: index,
+        end: -1,
+      };
+      pending.set(pid, call);
+      calls.push(call);
+      return;
+    }
+    const whole = /^(\w+)\((.*)\)\s+= (.*)$/.exec(rest);
+    if (whole) {
+      calls.push({
+        pid,
+        name: whole[1] as string,
+        args: whole[2] as string,
+        result: whole[3] as string,
+        start: index,
+        end: index,
+      });
+    }
+  });
+  return calls;
+}
+
+/**
+ * The file `strace -y` shows for a call's first argument, a descriptor: `5</dir/file>`, or for an
+ * unlinked or still unnamed (O_TMPFILE) inode `5</dir/#123>(deleted)`, returned as "/dir/#123 (deleted)".
+ */
+export function fdFile(call: Syscall): string | undefined {
+  const match = /^\d+<(.*?)>(\(deleted\))?(?:,|$)/.exec(call.args);
+  if (!match) return undefined;
+  return match[2] ? `${match[1]} (deleted)` : match[1];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls that must fail, and files planted before a write.
+
+/** What a failed write reports: a SystemError's fields, or an argument error's name and message. */
+export interface Failure {
+  name?: string;
+  code?: string;
+  message?: string;
+  published?: unknown;
+  renamed?: unknown;
+}
+
+/**
+ * A call that must fail: a sync function throws, an async one returns a promise that rejects (and
+ * never throws, not even for bad arguments: SPEC). `label` names the function in a test's failure.
+ */
+export async function failureOf(label: string, isAsync: boolean, call: () => unknown): Promise<Failure> {
+  let returned: unknown;
+  try {
+    returned = call();
+  } catch (error) {
+    if (isAsync) throw new Error(`${label} threw synchronously instead of rejecting: ${error}`);
+    expect(error).toBeInstanceOf(Error);
+    return error as Failure;
+  }
+  if (!isAsync) throw new Error(`${label} returned instead of throwing`);
+  expect(returned).toBeInstanceOf(Promise);
+  try {
+    await returned;
+  } catch (error) {
+    expect(error).toBeInstanceOf(Error);
+    return error as Failure;
+  }
+  throw new Error(`${label} resolved instead of rejecting`);
+}
+
+/** A regular file with exactly these bytes and this mode (chmod, so no umask in the way). */
+export function plant(path: string, contents: string | Uint8Array, mode = 0o644): void {
+  fs.writeFileSync(path, contents);
+  fs.chmodSync(path, mode);
 }
