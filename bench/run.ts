@@ -574,13 +574,16 @@ async function syscalls(): Promise<void> {
     const mine = perWrite.get(id);
     if (!mine) continue;
     // The anonymous temp's protocol has one call more than the named one: the linkat that names it.
-    const bound = perWrite.get(id === "aw-sync-named" ? "floor" : "floor-tmpfile");
+    // The named C floor (issue 5's) also leaves out the fchown that keeps the old owner and group.
+    const named = id === "aw-sync-named";
+    const bound = perWrite.get(named ? "floor" : "floor-tmpfile");
+    const note = named ? ", without the fchown that keeps the old owner and group (SPEC)" : "";
     targets.push({
       what: `${mine.label}: system calls per 100 B write`,
       goal: "≤ 10",
       measured: `${fmt(mine.protocol, 1)} (+ ${fmt(mine.runtime, 1)} runtime)`,
       met: mine.protocol <= 10.05,
-      closest: bound && `${bound.label}: ${fmt(bound.protocol, 1)}`,
+      closest: bound && `${bound.label}: ${fmt(bound.protocol, 1)}${note}`,
     });
   }
   emptyDir(dir);

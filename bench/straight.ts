@@ -1,6 +1,7 @@
 /**
  * The protocols of index.ts written straight-line in TypeScript over bun:ffi: the same system
- * calls in the same order (O_TMPFILE, or a named temp like the C floor's), with no shared plan, no
+ * calls in the same order (O_TMPFILE, or a named temp; both give an existing target's owner and
+ * group to the temp, as index.ts does and the named C floor does not), with no shared plan, no
  * drivers and no error reporting beyond the errno. A string is encoded in pieces into one reused
  * buffer by a bare loop, as index.ts does. It is what a JavaScript writer pays for the runtime and
  * its FFI alone; the gap between it and the C floor is the runtime's.
@@ -24,6 +25,9 @@ const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_EMPTY_PATH = 0x1000;
 const STATX_BASIC_STATS = 0x7ff;
 const ENOENT = 2;
+// struct statx: the old file's owner and group, which index.ts gives every temp (fchown)
+const STX_UID = 20;
+const STX_GID = 24;
 
 type Libc = ReturnType<typeof open>;
 
@@ -33,6 +37,7 @@ function open() {
     statx: { args: [i32, ptr, i32, u32, ptr], returns: i32 },
     open: { args: [ptr, i32, u32], returns: i32 },
     write: { args: [i32, ptr, u64], returns: i32 },
+    fchown: { args: [i32, u32, u32], returns: i32 },
     fchmod: { args: [i32, u32], returns: i32 },
     fsync: { args: [i32], returns: i32 },
     close: { args: [i32], returns: i32 },
@@ -150,7 +155,10 @@ export function straightWrite(
       : check(c, c.open(names.directory, ANONYMOUS_FLAGS, createMode), "open");
   if (typeof data === "string") writeText(c, fd, data);
   else writeAll(c, fd, data);
-  if (mode !== undefined) check(c, c.fchmod(fd, mode), "fchmod");
+  if (mode !== undefined) {
+    check(c, c.fchown(fd, stat.readUInt32LE(STX_UID), stat.readUInt32LE(STX_GID)), "fchown");
+    check(c, c.fchmod(fd, mode), "fchmod");
+  }
   check(c, c.fsync(fd), "fsync");
   if (temp === "anonymous") check(c, c.linkat(fd, EMPTY, AT_FDCWD, names.temp, AT_EMPTY_PATH), "linkat");
   check(c, c.close(fd), "close");
@@ -190,7 +198,10 @@ function* plan(
       offset += check(c, yield call("write", fd, piece, length - offset), "write");
     }
   }
-  if (mode !== undefined) check(c, yield call("fchmod", fd, mode), "fchmod");
+  if (mode !== undefined) {
+    check(c, yield call("fchown", fd, stat.readUInt32LE(STX_UID), stat.readUInt32LE(STX_GID)), "fchown");
+    check(c, yield call("fchmod", fd, mode), "fchmod");
+  }
   check(c, yield call("fsync", fd), "fsync");
   if (temp === "anonymous") check(c, yield call("linkat", fd, EMPTY, AT_FDCWD, names.temp, AT_EMPTY_PATH), "linkat");
   check(c, yield call("close", fd), "close");
