@@ -624,8 +624,17 @@ function realDirectory(directory: string): string {
   const absolute = isAbsolute(directory) ? directory : `${process.cwd()}/${directory}`;
   let real = realDirectories.get(absolute);
   if (real === undefined) {
+    try {
+      real = fs.realpathSync.native(absolute);
+    } catch (error) {
+      // Not there yet (it may be by the time the write runs): keyed under its nearest real
+      // ancestor, the same file gets the same key before and after the directory is made.
+      const slash = absolute.lastIndexOf("/");
+      if (slash < 0) throw error;
+      const parent = realDirectory(absolute.slice(0, slash) || "/");
+      return `${parent === "/" ? "" : parent}/${absolute.slice(slash + 1)}`;
+    }
     if (realDirectories.size >= 4096) realDirectories.clear();
-    real = fs.realpathSync.native(absolute);
     realDirectories.set(absolute, real);
   }
   return real;

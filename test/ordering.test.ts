@@ -151,6 +151,34 @@ describe("async writes to one file reached by different paths", () => {
   });
 });
 
+describe("async writes queued before their directory exists", () => {
+  test("settle in call order with writes to the same file made once it exists, through a symlinked directory", async () => {
+    const dir = tempDir("order-later-");
+    const real = join(dir, "real");
+    fs.mkdirSync(real);
+    fs.symlinkSync(real, join(dir, "link"));
+    const held = join(real, "held");
+    const viaLink = join(dir, "link", "sub", "file"); // sub does not exist yet
+    const settled: string[] = [];
+    async function* slow() {
+      await Bun.sleep(100);
+      yield "held";
+    }
+    // The first call holds up the second (a batch touching `held` too) until its slow source ends.
+    const first = atomicWriteStream(held, slow()).then(() => settled.push("first"));
+    const second = atomicWriteManyAsync([
+      { path: held, data: "batch" },
+      { path: viaLink, data: "second" },
+    ]).then(() => settled.push("second"));
+    fs.mkdirSync(join(real, "sub"));
+    const third = atomicWriteTextAsync(join(real, "sub", "file"), "third").then(() => settled.push("third"));
+    await Promise.all([first, second, third]);
+    expect(settled).toEqual(["first", "second", "third"]);
+    expect(fs.readFileSync(join(real, "sub", "file"), "utf8")).toBe("third");
+    expect(tempResidue(join(real, "sub"))).toEqual([]);
+  });
+});
+
 describe("ordering around calls that are not queued", () => {
   test("a call rejected for bad arguments takes no place in the order and holds up no one", async () => {
     const dir = tempDir("order-bad-");
