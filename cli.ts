@@ -99,7 +99,10 @@ function readSome(readSync: ReadSync, buffer: Buffer, offset: number): number {
       return readSync(STDIN, buffer, offset, buffer.length - offset, null);
     } catch (error) {
       // An inherited non-blocking stdin has nothing yet: wait a moment rather than fail.
-      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error;
+      if ((error as NodeJS.ErrnoException).code !== "EAGAIN") {
+        (error as Error).message = `cannot read standard input: ${(error as Error).message}`;
+        throw error;
+      }
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
     }
   }
@@ -152,7 +155,8 @@ async function main(args: string[]): Promise<number> {
       say(2, `atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
       return 3;
     }
-    const named = text.includes(command.path) ? text : `'${command.path}': ${text}`;
+    // The library's own errors name the path quoted; a failed read of stdin does not.
+    const named = text.includes(`'${command.path}'`) ? text : `'${command.path}': ${text}`;
     say(2, `atomic-write: ${named}; nothing was written\n`);
     return 1;
   }

@@ -252,6 +252,20 @@ describe("atomic-write failures exit 1 with one line naming the path, and change
     expectNothingWritten(result, JSON.stringify(path).slice(1, -1), /ENOENT/, before);
   });
 
+  test("names the path when standard input cannot be read, even a name that occurs in the reason", () => {
+    const { dir } = withTarget();
+    fs.writeFileSync(join(dir, "t"), "old\n");
+    const before = { [dir]: snapshot(dir) };
+    const directory = fs.openSync(dir, "r"); // as standard input: every read fails with EISDIR
+    try {
+      const result = spawnSync(binary, ["t"], { cwd: dir, stdio: [directory, "pipe", "pipe"], encoding: "utf8" });
+      expectNothingWritten(result, "'t'", /EISDIR/, before);
+      expect(result.stderr).toContain("standard input");
+    } finally {
+      fs.closeSync(directory);
+    }
+  });
+
   test("fails with ENOTDIR when a parent component is a file", () => {
     const { dir, target } = withTarget();
     const path = join(target, "out");
