@@ -333,12 +333,16 @@ function readerIterator(reader: ReadableStreamDefaultReader<unknown>): AsyncIter
 /** Turns a source's chunks into bytes; strings are encoded, anything else is a TypeError. */
 function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encoding: BufferEncoding): Chunks {
   let pending: Iterator<Uint8Array> | undefined;
+  // One buffer for every large string chunk of this write, each piece written before the next is
+  // encoded: a fresh one per chunk made 1 GiB of 1 MiB strings peak above 64 MiB, waiting for GC.
+  let scratch: Buffer | undefined;
   const convert = (result: IteratorResult<unknown>): IteratorResult<Uint8Array> | undefined => {
     if (result.done) return { done: true, value: undefined };
     const chunk = result.value;
     if (chunk instanceof Uint8Array) return { done: false, value: chunk };
     if (typeof chunk === "string") {
-      pending = textChunks(chunk, encoding);
+      if (chunk.length > TEXT_PIECE) scratch ??= Buffer.allocUnsafe(TEXT_PIECE * 3);
+      pending = textChunks(chunk, encoding, chunk.length > TEXT_PIECE ? scratch : undefined);
       return undefined;
     }
     throw new TypeError(`source chunks must be Uint8Array or string, got ${describe(chunk)}`);

@@ -403,27 +403,32 @@ describe("atomicWriteStream keeps memory bounded", () => {
     expect(Math.max(...stillHeld)).toBeLessThanOrEqual(2);
   });
 
-  test("1 GiB from a generator of 1 MiB chunks peaks under 64 MiB RSS in a fresh Bun process", () => {
-    const dir = tempDir("stream-rss-");
-    const out = join(dir, "one-gib.bin");
-    const child = join(ROOT, "test", "fixtures", "stream-memory.ts");
-    // GNU time measures the child alone; maxRSS from a Bun parent can report the parent's peak.
-    const timed = has("/usr/bin/time");
-    const argv = timed ? ["/usr/bin/time", "-f", "maxrss=%M", BUN, child, out, "1024"] : [BUN, child, out, "1024"];
-    const result = spawnSync(argv[0] as string, argv.slice(1), { encoding: "utf8" });
-    fs.rmSync(out, { force: true });
-    expect(result.status).toBe(0);
-    const report = JSON.parse(result.stdout.trim().split("\n").pop() as string) as {
-      peakKiB: number;
-      samplesRight: boolean;
-    };
-    expect(report.samplesRight).toBe(true);
-    expect(report.peakKiB).toBeGreaterThan(0);
-    expect(report.peakKiB).toBeLessThan(64 * 1024);
-    if (timed) {
-      const maxrss = Number(/maxrss=(\d+)/.exec(result.stderr)?.[1]);
-      expect(maxrss).toBeGreaterThan(0);
-      expect(maxrss).toBeLessThan(64 * 1024);
-    }
-  }, 60_000);
+  test.each([["bytes"], ["strings"]])(
+    "1 GiB from a generator of 1 MiB %s peaks under 64 MiB RSS in a fresh Bun process",
+    (kind) => {
+      const dir = tempDir("stream-rss-");
+      const out = join(dir, "one-gib.bin");
+      const child = join(ROOT, "test", "fixtures", "stream-memory.ts");
+      // GNU time measures the child alone; maxRSS from a Bun parent can report the parent's peak.
+      const timed = has("/usr/bin/time");
+      const command = [BUN, child, out, "1024", kind];
+      const argv = timed ? ["/usr/bin/time", "-f", "maxrss=%M", ...command] : command;
+      const result = spawnSync(argv[0] as string, argv.slice(1), { encoding: "utf8" });
+      fs.rmSync(out, { force: true });
+      expect(result.status).toBe(0);
+      const report = JSON.parse(result.stdout.trim().split("\n").pop() as string) as {
+        peakKiB: number;
+        samplesRight: boolean;
+      };
+      expect(report.samplesRight).toBe(true);
+      expect(report.peakKiB).toBeGreaterThan(0);
+      expect(report.peakKiB).toBeLessThan(64 * 1024);
+      if (timed) {
+        const maxrss = Number(/maxrss=(\d+)/.exec(result.stderr)?.[1]);
+        expect(maxrss).toBeGreaterThan(0);
+        expect(maxrss).toBeLessThan(64 * 1024);
+      }
+    },
+    60_000,
+  );
 });
