@@ -55,6 +55,36 @@ function parse(args: string[]): Command {
   return { kind: "write", path: paths[0] as string, mode };
 }
 
+/**
+ * `bun cli.ts -- -name` hands the script only "-name": Bun takes the first "--" after a script's
+ * name for its own. The compiled binary sees it. So on a usage error, the arguments are read again
+ * as typed (Linux keeps them in /proc/self/cmdline) and, if Bun removed a "--", parsed again.
+ */
+function parseAsTyped(args: string[]): Command {
+  try {
+    return parse(args);
+  } catch (error) {
+    const typed = error instanceof UsageError ? withBunsDoubleDash(args) : undefined;
+    if (typed === undefined) throw error;
+    return parse(typed);
+  }
+}
+
+function withBunsDoubleDash(args: string[]): string[] | undefined {
+  let raw: string[];
+  try {
+    const fs = process.getBuiltinModule("node:fs") as typeof import("node:fs");
+    raw = fs.readFileSync("/proc/self/cmdline", "utf8").split("\0").slice(0, -1);
+  } catch {
+    return undefined; // not Linux, or no /proc: as Bun gave them
+  }
+  const tail = raw.slice(-(args.length + 1));
+  const removed = tail.indexOf("--");
+  if (removed < 0 || tail.length !== args.length + 1) return undefined;
+  const without = tail.filter((_, index) => index !== removed);
+  return without.every((arg, index) => arg === args[index]) ? tail : undefined;
+}
+
 function parseMode(text: string): number {
   const digits = text.replace(/^0o/i, "");
   if (!/^[0-7]{1,4}$/.test(digits)) throw new UsageError(`--mode must be octal from 0 to 7777, got '${text}'`);
@@ -130,7 +160,7 @@ function widenPipe(): void {
 async function main(args: string[]): Promise<number> {
   let command: Command;
   try {
-    command = parse(args);
+    command = parseAsTyped(args);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     say(2, `atomic-write: ${error.message} (try 'atomic-write --help')\n`);

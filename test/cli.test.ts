@@ -12,6 +12,7 @@ import { dirname, join, resolve } from "node:path";
 import { version } from "../package.json";
 import {
   asUser,
+  BUN,
   cleanup,
   compileCli,
   fdFile,
@@ -22,6 +23,7 @@ import {
   mountTmpfs,
   NOBODY,
   parseTrace,
+  ROOT,
   remount,
   type Syscall,
   snapshot,
@@ -128,6 +130,22 @@ describe("atomic-write writes standard input to the path", () => {
     const result = cli(["--", "-dashed"], "dash\n", { cwd: dir });
     expect(result.status).toBe(0);
     expect(fs.readFileSync(join(dir, "-dashed"), "utf8")).toBe("dash\n");
+  });
+
+  test("does the same from source, where Bun takes the first -- after the script for its own", () => {
+    const dir = tempDir("cli-");
+    const script = join(ROOT, "cli.ts");
+    for (const args of [
+      ["--", "-dashed"],
+      ["--mode", "600", "--", "-private"],
+    ]) {
+      const result = spawnSync(BUN, [script, ...args], { cwd: dir, input: "dash\n", encoding: "utf8" });
+      expect([result.status, result.stderr]).toEqual([0, ""]);
+    }
+    expect(fs.readFileSync(join(dir, "-dashed"), "utf8")).toBe("dash\n");
+    expect(modeOf(join(dir, "-private"))).toBe(0o600);
+    const unknown = spawnSync(BUN, [script, "-dashed"], { cwd: dir, input: "x", encoding: "utf8" });
+    expect(unknown.status).toBe(2); // without --, still an unknown option
   });
 });
 
