@@ -821,15 +821,11 @@ function* stageTemp(
   replay: Replay | undefined,
   renamedNext: boolean,
 ): Plan<Staged> {
-  // Probed once per directory: not a generator of its own, which cost more than the lookup.
   const traits = directoryTraits(target.directory);
-  traits.appendOnly ??= yield* appendOnly(target.directory);
-  if (traits.appendOnly) {
-    // The rename would fail (it removes the temp's name), and so would removing the temp after it.
-    throw systemError("EPERM", "operation not permitted (the directory is append-only)", "rename", target.path);
-  }
+  if (traits.appendOnly !== false) yield* refuseAppendOnly(traits, target); // false: asked, and fine
   const temp = yield* createTemp(target, mode);
   try {
+    // Probed once per directory: not a generator of its own, which cost more than the lookup.
     temp.fsType = traits.fsType ??= (yield sys("statfsType", target.directory)) as number;
     if (replay) yield* copyPrefix(replay, temp);
     yield* writeAll(temp, chunks);
@@ -1296,12 +1292,19 @@ function directoryTraits(directory: string): DirectoryTraits {
   return known;
 }
 
-/** Asked before any temp exists there. A directory that cannot be asked is reported by createTemp. */
-function* appendOnly(directory: string): Plan<boolean | undefined> {
+/**
+ * A directory where names can be added but never removed (chattr +a) would keep the temp: the
+ * rename fails there, and so would removing the temp after it. Asked once per directory, before
+ * any temp exists; a directory that cannot be asked is left to createTemp to report.
+ */
+function* refuseAppendOnly(traits: DirectoryTraits, target: Target): Plan<void> {
   try {
-    return (yield sys("appendOnly", directory)) as boolean;
+    traits.appendOnly ??= (yield sys("appendOnly", target.directory)) as boolean;
   } catch {
-    return undefined;
+    return;
+  }
+  if (traits.appendOnly) {
+    throw systemError("EPERM", "operation not permitted (the directory is append-only)", "rename", target.path);
   }
 }
 
