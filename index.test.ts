@@ -693,6 +693,73 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       },
     );
 
+    test.skipIf(!has("prlimit"))("EFBIG past the file size limit, after resuming the write it cut short", async () => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      // The limit cuts the first write short at 16 KiB and refuses the next: only a writer that
+      // resumes short writes reaches EFBIG. SIGXFSZ is ignored (kept across exec), so the process
+      // sees the error instead of being killed by the signal. (The data travels as an argument:
+      // 64 KiB keeps it under the kernel's 128 KiB limit for one, even in base64.)
+      const wrap = ["prlimit", "--fsize=16384", "--", "sh", "-c", 'trap "" XFSZ; exec "$0" "$@"'];
+      const data = childPayload(v, "x".repeat(64 * 1024));
+      await expectFailsCleanly(() => writeInChild({ fn: v.name, path, data }, { wrap }), {
+        path,
+        codes: ["EFBIG"],
+        watch: [dir],
+        target: path,
+      });
+    });
+
+    // strace counts `when` per thread: the sync functions flush on the main thread, so a flush
+    // retried after the failure would succeed there, and the write with it.
+    test.skipIf(!has("strace"))("EIO when the temp's fsync fails, never retried as if the data were safe", async () => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      const wrap = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync",
+        "-e",
+        "inject=fsync:error=EIO:when=1",
+      ];
+      await expectFailsCleanly(() => writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap }), {
+        path,
+        codes: ["EIO"],
+        watch: [dir],
+        target: path,
+      });
+    });
+
+    test.skipIf(!has("strace"))("EIO when the rename fails: the temp removed, and no published flag", async () => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      const renames = "rename,renameat,renameat2";
+      const wrap = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        `trace=${renames}`,
+        "-e",
+        `inject=${renames}:error=EIO`,
+      ];
+      await expectFailsCleanly(() => writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap }), {
+        path,
+        codes: ["EIO"],
+        watch: [dir],
+        target: path,
+      });
+    });
+
     test.skipIf(!isRoot)("EACCES for an unprivileged user in a directory it may not write", async () => {
       const dir = tempDir();
       const path = join(dir, "target");
