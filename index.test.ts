@@ -693,6 +693,30 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       },
     );
 
+    test.skipIf(!isRoot)("leaves no descriptor open, after failures as after successes", async () => {
+      const mount = mountTmpfs(256);
+      const path = join(mount, "target");
+      plant(path, "old contents", 0o640);
+      // This process's descriptors on that file system: temps (named, or "/mount/#123 (deleted)") and
+      // the directory. Counting all of them would count the runtime's own, which come and go.
+      const openThere = () =>
+        fs.readdirSync("/proc/self/fd").filter((fd) => {
+          try {
+            return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(mount);
+          } catch {
+            return false; // the descriptor readdirSync itself had open, closed by now
+          }
+        });
+      for (let round = 0; round < 5; round++) await put(v, path, payload(v, `new ${round}`));
+      expect(openThere()).toEqual([]);
+      fillDisk(mount);
+      // Each fails after its temp was opened (the disk is full), so each must close that temp.
+      for (let round = 0; round < 5; round++) {
+        expect((await failure(v, path, payload(v, "x".repeat(64 * 1024)))).code).toBe("ENOSPC");
+      }
+      expect(openThere()).toEqual([]);
+    });
+
     test.skipIf(!has("prlimit"))("EFBIG past the file size limit, after resuming the write it cut short", async () => {
       const dir = tempDir();
       const path = join(dir, "target");
