@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { BytesLike } from "./index.ts";
 import * as lib from "./index.ts";
@@ -434,6 +434,11 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
           else expect([scenario.label, anonymous.length]).toEqual([scenario.label, 1]);
           const wider = created.filter((c) => (c.mode & 0o077 & ~scenario.final) !== 0);
           expect([scenario.label, wider]).toEqual([scenario.label, []]);
+          // A named temp is created exclusively: never an existing file, nor through a symlink.
+          for (const named of created.filter((c) => !c.flags?.includes("O_TMPFILE"))) {
+            const exclusive = named.flags?.split("|").filter((f) => /^O_(CREAT|EXCL|NOFOLLOW|TRUNC)$/.test(f));
+            expect([scenario.label, exclusive?.sort()]).toEqual([scenario.label, ["O_CREAT", "O_EXCL", "O_NOFOLLOW"]]);
+          }
         }
       },
     );
@@ -759,6 +764,48 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
         target: path,
       });
     });
+
+    test.skipIf(!has("strace"))("names each temp unpredictably: hidden, 48 random bits, new in every process", () => {
+      const dir = tempDir();
+      const target = join(dir, "secret");
+      const names = [1, 2].map(() => {
+        const log = join(tempDir("trace-"), "strace.log");
+        const wrap = ["strace", "-f", "-qq", "-e", "trace=openat,linkat", "-o", log];
+        const result = writeInChild({ fn: v.name, path: target, data: childPayload(v, "new") }, { wrap });
+        expect([result.ok, result.message]).toEqual([true, undefined]);
+        // A named temp appears in its openat, an anonymous one in the linkat that names it.
+        const temps = [...fs.readFileSync(log, "utf8").matchAll(/"([^"]*\/\.secret\.[^"/]*)"/g)].map((m) => m[1]);
+        expect(temps.length).toBeGreaterThan(0);
+        return basename(temps[0] as string);
+      });
+      for (const name of names) expect(name).toMatch(/^\.secret\.[0-9a-f]{12}\.tmp$/);
+      expect(names[0]).not.toBe(names[1]);
+    });
+
+    // The kernel of this machine gives O_TMPFILE everywhere: strace fails that open (-P: only opens
+    // of the target's directory) as a file system without it would.
+    test.skipIf(!has("strace") || settings.ATOMIC_WRITE_TMPFILE === "0" || settings.ATOMIC_WRITE_FFI === "0")(
+      "falls back to a named temp where O_TMPFILE is refused with EOPNOTSUPP, EISDIR, EINVAL or ENOSYS",
+      () => {
+        for (const errno of ["EOPNOTSUPP", "EISDIR", "EINVAL", "ENOSYS"]) {
+          const dir = tempDir();
+          const target = join(dir, "target");
+          plant(target, "old", 0o640);
+          const log = join(tempDir("trace-"), "strace.log");
+          // An async write first finds the directory's real path (its order key): an open of it too.
+          const inject = `inject=openat:error=${errno}:when=${v.isAsync ? 2 : 1}`;
+          const wrap = ["strace", "-f", "-qq", "-P", dir, "-e", "trace=openat", "-e", inject, "-o", log];
+          const result = writeInChild({ fn: v.name, path: target, data: childPayload(v, "new") }, { wrap });
+          expect([errno, result.ok, result.message]).toEqual([errno, true, undefined]);
+          expectFileBytes(target, Buffer.from("new"));
+          expect(modeOf(target)).toBe(0o640);
+          expect(fs.readdirSync(dir)).toEqual(["target"]);
+          const trace = fs.readFileSync(log, "utf8");
+          // -P traces only the directory's own opens: the refused O_TMPFILE one, then the fsync's.
+          expect([errno, trace]).toEqual([errno, expect.stringMatching(/O_TMPFILE.*\(INJECTED\)/)]);
+        }
+      },
+    );
 
     test.skipIf(!has("strace"))("EIO when the rename fails: the temp removed, and no published flag", async () => {
       const dir = tempDir();
