@@ -18,6 +18,7 @@ import {
   failureOf,
   fillDisk,
   has,
+  injecting,
   isRoot,
   modeOf,
   mountTmpfs,
@@ -748,17 +749,7 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       const dir = tempDir();
       const path = join(dir, "target");
       plant(path, "old contents", 0o640);
-      const wrap = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=fsync",
-        "-e",
-        "inject=fsync:error=EIO:when=1",
-      ];
+      const wrap = injecting("fsync", "error=EIO:when=1");
       await expectFailsCleanly(() => writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap }), {
         path,
         codes: ["EIO"],
@@ -816,17 +807,7 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       const path = join(dir, "target");
       plant(path, "old contents", 0o640);
       const renames = "rename,renameat,renameat2";
-      const wrap = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        `trace=${renames}`,
-        "-e",
-        `inject=${renames}:error=EIO`,
-      ];
+      const wrap = injecting(renames, "error=EIO");
       await expectFailsCleanly(() => writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap }), {
         path,
         codes: ["EIO"],

@@ -206,6 +206,11 @@ export function tracedWrite(request: ChildWrite, syscalls: string, env: Record<s
   return fs.readFileSync(log, "utf8").split("\n");
 }
 
+/** strace arguments that fail `calls` as `fault` says (e.g. "error=EIO:when=1"), logging nothing. */
+export function injecting(calls: string, fault: string): string[] {
+  return ["strace", "-f", "-qq", "-o", "/dev/null", "-e", `trace=${calls}`, "-e", `inject=${calls}:${fault}`];
+}
+
 /** The request for `fn` writing `text` (the child takes base64 for the bytes functions). */
 export function childRequest(
   fn: ChildWrite["fn"],
