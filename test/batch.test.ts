@@ -662,6 +662,38 @@ describe.skipIf(!has("strace"))("a rename that fails (EIO injected by strace, in
       });
     });
   });
+
+  /**
+   * The sync function only: strace counts an `inject` per thread, and only the sync driver makes
+   * every fsync on the main thread, where the 4th is the directory's (after three temps'). Both
+   * drivers run the same plan, so the precedence it pins holds for both.
+   */
+  describe.each(TEMP_KINDS.map((kind) => [kind.name, kind.env] as const))("with %s", (_kind, env) => {
+    test("when the directory fsync then fails too, reports the failed rename, the one that left targets unreplaced", () => {
+      const root = tempDir("renamefail-");
+      const A = join(root, "A");
+      fs.mkdirSync(A);
+      const paths = ["x", "y", "z"].map((name) => join(A, name));
+      for (const path of paths) plant(path, `old ${basename(path)}`, 0o640);
+      const log = join(tempDir("trace-"), "inject.log");
+      const wrap = ["strace", "-f", "-qq", "-y", "-o", log, "-e", `trace=${TRACED_CALLS}`];
+      wrap.push("-e", "inject=rename:error=EIO:when=2", "-e", "inject=fsync:error=ENOSPC:when=4");
+      const entries = paths.map((path) => ({ path, data: `new ${basename(path)}` }));
+      const [result] = batchesInChild([{ fn: "atomicWriteMany", entries, tmpfile: env }], wrap);
+      const calls = parseTrace(fs.readFileSync(log, "utf8"));
+      const injected = calls.filter((c) => c.result.includes("(INJECTED)"));
+      expect(injected.map((c) => [c.name, c.name === "fsync" ? fdFile(c) : quotedPaths(c)[1]])).toEqual([
+        ["rename", paths[1]],
+        ["fsync", A],
+      ]);
+      expect(result).toMatchObject({ ok: false, code: "EIO", published: true, renamed: [paths[0]] });
+      expect(result?.message).toContain(paths[1] as string);
+      expect(fs.readFileSync(paths[0] as string, "utf8")).toBe("new x");
+      expect(fs.readFileSync(paths[1] as string, "utf8")).toBe("old y");
+      expect(fs.readFileSync(paths[2] as string, "utf8")).toBe("old z");
+      expect(tempResidue(A)).toEqual([]);
+    });
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
