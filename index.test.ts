@@ -394,6 +394,18 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       }
     });
 
+    test("takes a mode of null as unset, as the specification's mode=None: kept, or from the umask", async () => {
+      const dir = tempDir();
+      const [kept, created] = [join(dir, "kept"), join(dir, "created")];
+      plant(kept, "old", 0o2750);
+      await withUmaskAsync(0o027, async () => {
+        await put(v, kept, payload(v, "new"), { mode: null });
+        await put(v, created, payload(v, "new"), { mode: null });
+      });
+      expect([modeOf(kept), modeOf(created)]).toEqual([0o2750, 0o640]);
+      expectFileBytes(kept, Buffer.from("new"));
+    });
+
     test.skipIf(!has("strace"))(
       "never puts data in a temp that group or others may read when the final file is private (traced openat)",
       () => {

@@ -30,8 +30,8 @@ const urlToPath = (url: URL): string => (require("node:url") as typeof import("n
 
 /** Options common to every write function. */
 export interface WriteOptions {
-  /** Exact permission bits of the written file (0..0o7777); not filtered by the umask. */
-  mode?: number;
+  /** Exact permission bits of the written file (0..0o7777); not filtered by the umask. null or absent: unset. */
+  mode?: number | null;
   /** `false` skips every fsync: still atomic for readers and process crashes, not for power loss. */
   durable?: boolean;
   /** Skip the write entirely when the target already holds exactly these bytes and mode. */
@@ -58,7 +58,7 @@ export interface BatchEntry {
   path: fs.PathLike;
   data: string | BytesLike;
   encoding?: string;
-  mode?: number;
+  mode?: number | null;
 }
 
 /** Options of a batch: they apply to every entry. */
@@ -152,7 +152,8 @@ function streamRequest(path: fs.PathLike, source: unknown, options: unknown): Re
 
 function baseRequest(path: unknown, options: unknown): Omit<Request, "chunks"> {
   const { shown, path: fsPath } = pathOf(path);
-  const mode = (options as WriteOptions | undefined)?.mode;
+  // null is "unset" too, as the original specification's `mode=None`.
+  const mode = (options as WriteOptions | undefined)?.mode ?? undefined;
   if (mode !== undefined) checkMode(mode);
   return { shown, path: fsPath, mode, ...baseOptions(options) };
 }
@@ -161,7 +162,8 @@ function baseOptions(options: unknown): { durable: boolean; ifChanged: boolean }
   if (options !== undefined && (options === null || typeof options !== "object")) {
     throw new TypeError(`options must be an object, got ${describe(options)}`);
   }
-  const { durable = true, ifChanged = false } = (options ?? {}) as WriteOptions;
+  const given = (options ?? {}) as WriteOptions;
+  const [durable, ifChanged] = [given.durable ?? true, given.ifChanged ?? false];
   if (typeof durable !== "boolean") throw new TypeError(`options.durable must be a boolean, got ${describe(durable)}`);
   if (typeof ifChanged !== "boolean") {
     throw new TypeError(`options.ifChanged must be a boolean, got ${describe(ifChanged)}`);

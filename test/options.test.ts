@@ -293,10 +293,14 @@ describe.skipIf(!has("strace"))("durable: false (strace in a child)", () => {
     }
   }
 
+  const defaults: [string, Record<string, unknown>][] = [
+    ["by default", {}],
+    ["given durable: null (unset, as mode: null is)", { durable: null, ifChanged: null }],
+  ];
   for (const { name } of WRITERS) {
-    test(`${name} by default flushes the file and its directory (the check above can fail)`, () => {
+    test.each(defaults)(`${name} %s flushes the file and its directory (the check above can fail)`, (_how, options) => {
       const { dir, file } = target("old contents");
-      const { trace } = traced(childRequest(name, file, "new contents", {}), undefined);
+      const { trace } = traced(childRequest(name, file, "new contents", options), undefined);
       const flushes = trace.filter((line) => FLUSH.test(line));
       expect(flushes.length).toBeGreaterThanOrEqual(2);
       expect(flushes.some((line) => line.includes(`<${dir}>`))).toBe(true); // the directory, by its fd
