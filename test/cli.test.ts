@@ -5,7 +5,7 @@
  * memory; and a syscall trace proving the durability order (temp fsync, rename, directory fsync).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type SpawnSyncReturns, spawnSync } from "node:child_process";
+import { type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -466,3 +466,56 @@ describe("atomic-write memory", () => {
     60_000,
   );
 });
+
+describe("atomic-write interrupted", () => {
+  /**
+   * A Ctrl-C (SIGINT) reaches the whole pipeline, and a build tool's SIGTERM may too: the program
+   * upstream dies as well, and its pipe ends. The CLI must die at once rather than take that end for
+   * the end of its input (a handler that only noted the signal published the 3 MiB read so far).
+   * The child here has read 3 MiB (its temp holds the first of them) and waits in read(2) for more
+   * when the signal comes; the test then closes the pipe, as the dying producer would.
+   */
+  const kinds: [string, string, string[]][] = [
+    ["anonymous temps", "1", []],
+    ["named temps (ATOMIC_WRITE_TMPFILE=0), whose .tmp stays", "0", [".tmp"]],
+  ];
+  test.each((["SIGINT", "SIGTERM"] as const).flatMap((signal) => kinds.map((kind) => [signal, ...kind] as const)))(
+    "by %s, dies of it and leaves the target as it was, with %s",
+    async (signal, _kind, tmpfile, residue) => {
+      const { dir, target } = withTarget("old content\n", 0o640);
+      const child = spawn(binary, [target], {
+        stdio: ["pipe", "ignore", "ignore"],
+        env: { ...process.env, ATOMIC_WRITE_TMPFILE: tmpfile },
+      });
+      const exited = new Promise<[number | null, string | null]>((done) => child.on("exit", (...end) => done(end)));
+      await new Promise((written) => child.stdin.write(Buffer.alloc(3 * 1024 * 1024, "x"), written));
+      const pid = child.pid as number;
+      await waitFor(() => openIn(pid, dir) && fs.readFileSync(`/proc/${pid}/wchan`, "utf8").includes("read"));
+      child.kill(signal);
+      child.stdin.end();
+      const end = await exited;
+      const kept = fs.readFileSync(target);
+      expect([kept.length, kept.subarray(0, 16).toString(), modeOf(target)]).toEqual([12, "old content\n", 0o640]);
+      expect(end).toEqual([null, signal]);
+      const left = fs.readdirSync(dir).filter((name) => name !== "target");
+      expect(left.map((name) => (name.endsWith(".tmp") ? ".tmp" : name))).toEqual(residue);
+    },
+  );
+});
+
+/** Whether process `pid` holds a file of `dir` open (an anonymous temp shows as `dir/#ino (deleted)`). */
+function openIn(pid: number, dir: string): boolean {
+  return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`${dir}/`);
+    } catch {
+      return false; // closed meanwhile
+    }
+  });
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  for (const start = Date.now(); !condition(); await Bun.sleep(10)) {
+    if (Date.now() - start > timeoutMs) throw new Error("timed out waiting for the child");
+  }
+}
