@@ -405,6 +405,35 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       expect([modeOf(kept), modeOf(created)]).toEqual([0o2750, 0o640]);
       expectFileBytes(kept, Buffer.from("new"));
     });
+    test.skipIf(!has("setfacl") || !has("getfacl"))(
+      "gives a new file what a plain create would in a directory with default ACLs (which override the umask)",
+      async () => {
+        // A default ACL replaces the umask for files created in that directory (acl(5)); its named
+        // entries are inherited too. A library that computes 0o666 & ~umask and chmods to it gets both wrong.
+        const defaults = ["u::rw,g::r,o::-", "u::rwx,g::rwx,o::rwx", "u::rw,g::r,o::-,u:1234:rw,m::rw"];
+        for (const acl of defaults) {
+          const dir = tempDir("acl-");
+          run("setfacl", ["-d", "-m", acl, dir]);
+          for (const mask of [0o022, 0o077]) {
+            const path = join(dir, `new-${mask.toString(8)}`);
+            const plain = join(dir, `plain-${mask.toString(8)}`);
+            await withUmaskAsync(mask, async () => {
+              fs.closeSync(fs.openSync(plain, "wx", 0o666));
+              await put(v, path, payload(v, "new"));
+            });
+            const entries = (file: string) => run("getfacl", ["-cp", file]).trim().split("\n");
+            const want = { mode: modeOf(plain), acl: entries(plain) };
+            expect({ acl, mask, mode: modeOf(path), entries: entries(path) }).toEqual({
+              acl,
+              mask,
+              mode: want.mode,
+              entries: want.acl,
+            });
+            expectFileBytes(path, Buffer.from("new"));
+          }
+        }
+      },
+    );
 
     test.skipIf(!has("strace"))(
       "never puts data in a temp that group or others may read when the final file is private (traced openat)",

@@ -652,21 +652,23 @@ function realDirectory(directory: string): string {
 function batchRequests(entries: unknown, options: unknown): { requests: Request[]; keys: string[]; durable: boolean } {
   if (!Array.isArray(entries)) throw new TypeError(`entries must be an array, got ${describe(entries)}`);
   const { durable, ifChanged } = baseOptions(options);
-  const requests: Request[] = [];
-  const keys: string[] = [];
-  const seen = new Map<string, number>();
-  entries.forEach((entry: unknown, index) => {
+  // Every entry is checked before any path is looked up (fileKey stats it): a bad argument anywhere
+  // is refused before anything on disk is touched.
+  const requests = Array.from(entries as unknown[], (entry, index) => {
     if (entry === null || typeof entry !== "object") {
       throw new TypeError(`entries[${index}] must be an object, got ${describe(entry)}`);
     }
-    const request = entryRequest(entry as BatchEntry, index, durable, ifChanged);
+    return entryRequest(entry as BatchEntry, index, durable, ifChanged);
+  });
+  const keys: string[] = [];
+  const seen = new Map<string, number>();
+  requests.forEach((request, index) => {
     const key = fileKey(request.path);
     const first = seen.get(key);
     if (first !== undefined) {
       throw new TypeError(`entries[${index}].path names the same file as entries[${first}].path: ${request.shown}`);
     }
     seen.set(key, index);
-    requests.push(request);
     keys.push(key);
   });
   return { requests, keys, durable };

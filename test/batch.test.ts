@@ -374,6 +374,13 @@ describe.each(VARIANTS.map((v) => [v.name, v] as const))("%s refuses before writ
       ["an entry that is a number", "TypeError", ["entries[1]"], (good) => [withSecond(good, 5)]],
       ["an entry that is null", "TypeError", ["entries[1]"], (good) => [withSecond(good, null)]],
       [
+        "a hole in a sparse array (not an entry to skip)",
+        "TypeError",
+        ["entries[1]"],
+        // biome-ignore lint/suspicious/noSparseArray: the hole is the case under test
+        (good) => [[good[0], , good[1]]],
+      ],
+      [
         "data of a wrong type",
         "TypeError",
         ["entries[1]", "data"],
@@ -588,6 +595,32 @@ describe.skipIf(!has("strace"))("in a syscall trace (strace, in a child)", () =>
         ).toEqual([A, B].sort());
       },
     );
+  });
+});
+
+describe.skipIf(!has("strace"))("bad arguments in a syscall trace (strace, in a child)", () => {
+  describe.each(VARIANTS.map((v) => [v.name, v] as const))("%s", (_name, v) => {
+    test("refuses a bad later entry with no system call on any path of the batch (SPEC: before anything on disk is touched)", () => {
+      const dir = tempDir("badlater-");
+      plant(join(dir, "a"), "old a", 0o640);
+      const before = snapshot(dir);
+      const good = { path: join(dir, "a"), data: "new a" };
+      const requests: BatchChildRequest[] = [
+        { fn: v.name, entries: [good, { path: "", data: "b" }] },
+        { fn: v.name, entries: [good, { path: join(dir, "b"), data: "b", mode: 0o10000 }] },
+      ];
+      const log = join(tempDir("trace-"), "strace.log");
+      const results = batchesInChild(requests, ["strace", "-f", "-qq", "-o", log, "-e", "trace=%file,%desc"]);
+      expect(results.map((r) => [r.ok, r.name, r.message?.includes("entries[1]")])).toEqual([
+        [false, "TypeError", true],
+        [false, "RangeError", true],
+      ]);
+      // The trace did run (the child's own start-up is in it), and none of its calls names the batch's directory.
+      const trace = fs.readFileSync(log, "utf8");
+      expect(trace).toContain("batch-child.ts");
+      expect(trace.split("\n").filter((line) => line.includes(dir))).toEqual([]);
+      expect(snapshot(dir)).toEqual(before);
+    });
   });
 });
 

@@ -3,7 +3,7 @@
 # a C compiler), when they are missing and we are root. Runs before `npm test` and in CI.
 set -u
 need=(strace:strace setpriv:util-linux mount:mount mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs /usr/bin/time:time
-  gcc:gcc sponge:moreutils hyperfine:hyperfine pgrep:procps)
+  gcc:gcc setfacl:acl sponge:moreutils hyperfine:hyperfine pgrep:procps)
 missing=()
 for pair in "${need[@]}"; do
   tool=${pair%%:*}
