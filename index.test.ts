@@ -799,6 +799,23 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       });
     });
 
+    // Over quota, ext4 refuses a write at once, but NFS (and delayed allocation) may say so only
+    // at the fsync; so it is injected there, into every flush (the async driver's are on the pool).
+    test.skipIf(!has("strace"))("EDQUOT when the quota runs out at the temp's fsync, named as such", async () => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      const wrap = injecting("fsync,fdatasync", "error=EDQUOT");
+      let message = "";
+      const attempt = () => {
+        const result = writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap });
+        message = result.message ?? "";
+        return result;
+      };
+      await expectFailsCleanly(attempt, { path, codes: ["EDQUOT"], watch: [dir], target: path });
+      expect(message).toContain("disk quota exceeded");
+    });
+
     test.skipIf(!has("strace"))("names each temp unpredictably: hidden, 48 random bits, new in every process", () => {
       const dir = tempDir();
       const target = join(dir, "secret");

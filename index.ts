@@ -546,6 +546,9 @@ function blame(error: unknown, shown: string): unknown {
 const blamed = new WeakSet<object>();
 
 function reason(error: NodeJS.ErrnoException): string {
+  // Bun's node:fs words some errors "unknown error" (EDQUOT among them): the table says what they are.
+  const known = ERRNO_TEXT[error.code as string];
+  if (known !== undefined) return known;
   const original = error.message.replace(/^[A-Z]+: /, "");
   return original.split(",")[0] ?? original;
 }
