@@ -310,26 +310,13 @@ function isHighSurrogate(unit: number): boolean {
 
 function sourceIterator(source: unknown): () => Iterator<unknown> | AsyncIterator<unknown> {
   if (source !== null && typeof source === "object") {
+    // A web ReadableStream is one too (Bun, Node >= 20): return() on its iterator cancels the stream.
     const asyncIterable = (source as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator];
     if (typeof asyncIterable === "function") return () => asyncIterable.call(source);
     const iterable = (source as Partial<Iterable<unknown>>)[Symbol.iterator];
     if (typeof iterable === "function") return () => iterable.call(source);
-    if (typeof (source as ReadableStream).getReader === "function") {
-      return () =>
-        readerIterator((source as ReadableStream<unknown>).getReader() as ReadableStreamDefaultReader<unknown>);
-    }
   }
   throw new TypeError(`source must be an Iterable, AsyncIterable or ReadableStream, got ${describe(source)}`);
-}
-
-function readerIterator(reader: ReadableStreamDefaultReader<unknown>): AsyncIterator<unknown> {
-  return {
-    next: () => reader.read() as Promise<IteratorResult<unknown>>,
-    return: async () => {
-      await reader.cancel();
-      return { done: true, value: undefined };
-    },
-  };
 }
 
 /** Turns a source's chunks into bytes; strings are encoded, anything else is a TypeError. */

@@ -4,6 +4,8 @@
  * a failed directory fsync (exit 3) produced by a real injected EIO; a 1 GiB pipe in bounded
  * memory; and a syscall trace proving the durability order (temp fsync, rename, directory fsync).
  */
+
+import { dlopen, FFIType } from "bun:ffi";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -106,6 +108,51 @@ describe("atomic-write writes standard input to the path", () => {
     expect(fs.readFileSync(target).equals(payload)).toBe(true);
     expect(tempResidue(dir)).toEqual([]);
   });
+
+  // spawnSync's `input` reaches the child as a file (a memfd), whose reads never come up short: a
+  // shell pipeline gives the binary a real pipe, which hands over at most 64 KiB a read.
+  test("writes a real pipe byte for byte, its input arriving in many short reads", () => {
+    const { dir, target } = withTarget();
+    const source = join(tempDir("cli-src-"), "payload");
+    const payload = randomBytes(3 * 1024 * 1024 + 777);
+    fs.writeFileSync(source, payload);
+    const result = spawnSync("sh", ["-c", 'cat "$1" | "$0" "$2"', binary, source, target], { encoding: "utf8" });
+    expect([result.status, result.stderr]).toEqual([0, ""]);
+    expect(fs.readFileSync(target).equals(payload)).toBe(true);
+    expect(tempResidue(dir)).toEqual([]);
+  });
+
+  test.skipIf(process.platform !== "linux" || !has("mkfifo"))(
+    "waits for a non-blocking standard input that has nothing yet, instead of failing",
+    async () => {
+      const { dir, target } = withTarget();
+      const fifo = join(tempDir("cli-fifo-"), "stdin");
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0);
+      const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      const writer = fs.openSync(fifo, fs.constants.O_WRONLY);
+      const child = Bun.spawn([binary, target], { stdin: reader, stdout: "pipe", stderr: "pipe" });
+      // Bun clears O_NONBLOCK on the descriptors it hands a child (other parents need not):
+      // set it again. It is a flag of the open file, which the child shares, so its stdin has it too.
+      const { symbols } = dlopen("libc.so.6", {
+        fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+      });
+      const [F_GETFL, F_SETFL] = [3, 4];
+      expect(symbols.fcntl(reader, F_SETFL, symbols.fcntl(reader, F_GETFL, 0) | fs.constants.O_NONBLOCK)).toBe(0);
+      fs.closeSync(reader);
+      try {
+        await Bun.sleep(300); // long enough for the binary to find the pipe empty (EAGAIN)
+        fs.writeSync(writer, "first half, ");
+        await Bun.sleep(100);
+        fs.writeSync(writer, "second half\n");
+      } finally {
+        fs.closeSync(writer);
+      }
+      const status = await child.exited;
+      expect([status, await new Response(child.stderr).text()]).toEqual([0, ""]);
+      expect(fs.readFileSync(target, "utf8")).toBe("first half, second half\n");
+      expect(tempResidue(dir)).toEqual([]);
+    },
+  );
 
   test("creates an empty file from empty standard input", () => {
     const dir = tempDir("cli-");

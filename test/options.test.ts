@@ -151,6 +151,17 @@ describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
       });
     }
 
+    test(`${writer.name}: identical bytes keep a file whose mode has setuid, setgid or sticky bits`, async () => {
+      for (const mode of [0o4755, 0o2750, 0o1644, 0o6711]) {
+        const { file } = target("special bits\n");
+        fs.chmodSync(file, mode);
+        const before = identity(file);
+        await writer.write(file, "special bits\n", { ifChanged: true });
+        await writer.write(file, "special bits\n", { ifChanged: true, mode });
+        expect([mode.toString(8), identity(file)]).toEqual([mode.toString(8), before]);
+      }
+    });
+
     test(`${writer.name}: writes a target that does not exist yet`, async () => {
       const dir = tempDir("opts-");
       const file = join(dir, "new.txt");
@@ -186,10 +197,35 @@ describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
     });
   }
 
+  // Text in an encoding other than UTF-8: its bytes are counted in that encoding, not as UTF-8.
+  const encoded: [string, BufferEncoding][] = [
+    ["hello, wörld", "utf16le"],
+    ["hello, wörld", "ucs2"],
+    ["hello, wörld", "latin1"],
+    ["hello, world", "ascii"],
+  ];
+  for (const [name, write] of textWriters) {
+    test(`${name}: identical bytes given as UTF-16LE, Latin-1 or ASCII text keep the inode and mtime`, async () => {
+      for (const [text, encoding] of encoded) {
+        const { file } = target(Buffer.from(text, encoding));
+        const before = identity(file);
+        await write(file, text, encoding);
+        expect([encoding, identity(file)]).toEqual([encoding, before]);
+      }
+    });
+  }
+
   describe("a stream, compared chunk by chunk as it arrives", () => {
     const CHUNK = 300 * KIB; // several compare pieces' worth of chunks, above the thread-pool threshold
+    // Pseudo-random bytes (xorshift32), with no period: a prefix copied from the wrong offset of the
+    // target shows. ((i * 13 + (i >> 10)) & 0xff repeated every 256 KiB, and hid exactly that.)
     const original = Buffer.alloc(8 * CHUNK + 1234);
-    for (let i = 0; i < original.length; i++) original[i] = (i * 13 + (i >> 10)) & 0xff;
+    for (let i = 0, x = 0x9e3779b9; i < original.length; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      original[i] = x & 0xff;
+    }
 
     function chunked(data: Buffer, sizes: number[]): () => AsyncGenerator<Uint8Array> {
       return async function* () {

@@ -5,7 +5,9 @@
  * write leaves the event loop free to run other work between its pieces.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   atomicWriteBytesAsync,
@@ -14,7 +16,19 @@ import {
   atomicWriteText,
   atomicWriteTextAsync,
 } from "../index.ts";
-import { cleanup, isRoot, mountTmpfs, TEMP_KINDS, tempDir, tempResidue, useTempKind } from "./helpers.ts";
+import {
+  BUN,
+  cleanup,
+  has,
+  injecting,
+  isRoot,
+  mountTmpfs,
+  ROOT,
+  TEMP_KINDS,
+  tempDir,
+  tempResidue,
+  useTempKind,
+} from "./helpers.ts";
 
 afterAll(cleanup);
 
@@ -245,6 +259,112 @@ describe("ordering around calls that are not queued", () => {
     expect(tempResidue(dir)).toEqual([]);
   });
 });
+
+describe("ordering around writes that fail or that settle before the next call", () => {
+  test("a queued write that fails holds up no one: the call after it still runs, in its turn", async () => {
+    const dir = tempDir("order-failed-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    const broken = new Error("the source broke");
+    async function* failing() {
+      yield "partial";
+      throw broken;
+    }
+    const settled: string[] = [];
+    const note = (name: string) =>
+      [
+        () => settled.push(`${name} fulfilled`),
+        (error: unknown) => settled.push(`${name} ${error === broken ? "broken" : String(error)}`),
+      ] as const;
+    await Promise.all([
+      atomicWriteTextAsync(file, "first").then(...note("first")),
+      atomicWriteStream(file, failing()).then(...note("failing")),
+      atomicWriteTextAsync(file, "last").then(...note("last")),
+    ]);
+    expect(settled).toEqual(["first fulfilled", "failing broken", "last fulfilled"]);
+    expect(fs.readFileSync(file, "utf8")).toBe("last");
+    expect(tempResidue(dir)).toEqual([]);
+  });
+
+  test("a call made as an earlier write settles still waits for the writes queued behind that one", async () => {
+    const dir = tempDir("order-settled-");
+    const file = join(dir, "file.txt");
+    fs.writeFileSync(file, "before");
+    const slowly = (data: string, ms: number) =>
+      (async function* () {
+        await Bun.sleep(ms);
+        yield data;
+      })();
+    const settled: string[] = [];
+    const first = atomicWriteStream(file, slowly("first", 20)).then(() => settled.push("first"));
+    const second = atomicWriteStream(file, slowly("second", 300)).then(() => settled.push("second"));
+    // Called only once the first has settled, while the second is still reading its slow source.
+    const third = first.then(() => atomicWriteTextAsync(file, "third")).then(() => settled.push("third"));
+    await Promise.all([first, second, third]);
+    expect(settled).toEqual(["first", "second", "third"]);
+    expect(fs.readFileSync(file, "utf8")).toBe("third");
+  });
+});
+
+describe("async writes to different files at once", () => {
+  test("each keeps its own bytes when large texts and large string chunks are encoded side by side", async () => {
+    const dir = tempDir("order-side-");
+    // Above the library's 256 Ki-unit encoding piece, so each is encoded piecewise into a buffer.
+    const text = (seed: string) => `${seed}é`.repeat(700 * KIB);
+    const chunks = (seed: string) => [text(`${seed}1`), text(`${seed}2`), text(`${seed}3`)];
+    const writes: [string, string, Promise<void>][] = [];
+    for (const seed of ["a", "b"]) {
+      const path = join(dir, `text-${seed}`);
+      writes.push([path, text(seed), atomicWriteTextAsync(path, text(seed))]);
+    }
+    for (const seed of ["c", "d"]) {
+      const path = join(dir, `stream-${seed}`);
+      async function* source() {
+        for (const chunk of chunks(seed)) yield chunk;
+      }
+      writes.push([path, chunks(seed).join(""), atomicWriteStream(path, source())]);
+    }
+    await Promise.all(writes.map(([, , write]) => write));
+    for (const [path, expected] of writes) {
+      const bytes = fs.readFileSync(path);
+      expect([path, bytes.length, bytes.equals(Buffer.from(expected))]).toEqual([
+        path,
+        Buffer.byteLength(expected),
+        true,
+      ]);
+    }
+  });
+});
+
+/** Whether temp dirs are on tmpfs, where an fsync waits on nothing and so is made inline, on purpose. */
+const tempsInMemory = fs.statfsSync(tmpdir()).type === 0x01021994;
+
+describe.skipIf(!has("strace") || tempsInMemory)(
+  "an async write waiting on fsync (each fsync delayed 300 ms by strace, in a child; not where temp dirs are on tmpfs, whose fsyncs are inline)",
+  () => {
+    test("leaves the event loop free meanwhile: the fsync runs off the main thread", () => {
+      const dir = tempDir("order-fsync-");
+      const file = join(dir, "file.txt");
+      const script = `
+      const { atomicWriteTextAsync } = await import(${JSON.stringify(join(ROOT, "index.ts"))});
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
+      const started = performance.now();
+      await atomicWriteTextAsync(${JSON.stringify(file)}, "flushed off the event loop");
+      clearInterval(timer);
+      console.log(JSON.stringify({ ticks, ms: performance.now() - started }));
+    `;
+      const delay = injecting("fsync,fdatasync", "delay_enter=300000");
+      const result = spawnSync(delay[0] as string, [...delay.slice(1), BUN, "-e", script], { encoding: "utf8" });
+      expect([result.status, result.stderr]).toEqual([0, ""]);
+      const { ticks, ms } = JSON.parse(result.stdout.trim()) as { ticks: number; ms: number };
+      expect(fs.readFileSync(file, "utf8")).toBe("flushed off the event loop");
+      expect(ms).toBeGreaterThan(550); // the temp's fsync and the directory's: the delay was real
+      // A 10 ms timer over ~600 ms: it fires dozens of times unless the fsyncs block the thread.
+      expect(ticks).toBeGreaterThan(15);
+    });
+  },
+);
 
 describe.skipIf(!isRoot)("async writes to a file system in memory (needs root to mount a tmpfs)", () => {
   test("let the event loop run other work while a large write proceeds", async () => {

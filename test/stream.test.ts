@@ -260,6 +260,8 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       ["a plain object", { bytes: [1, 2, 3] }],
       ["null", null],
       ["an ArrayBuffer (only Uint8Array and string chunks are accepted)", new ArrayBuffer(4)],
+      ["an Int16Array (a view, but not of bytes)", Int16Array.of(1, -2)],
+      ["a DataView", new DataView(new ArrayBuffer(4))],
     ] as const) {
       test(`rejects with a TypeError for a chunk that is ${what}, and releases the source`, async () => {
         const { dir, target } = existingTarget();
@@ -327,6 +329,38 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       expect(returned).toBe(1);
       expect(pulled).toBe(0);
       expect(fs.readdirSync(dir)).toEqual([]);
+    });
+
+    test("rejects with the source's own error, or the write's, even when the source's return() throws too", async () => {
+      const dir = tempDir("stream-");
+      const target = join(dir, "target.bin");
+      fs.writeFileSync(target, "previous contents\n");
+      const before = snapshot(dir);
+      const sourceError = new Error("the source failed");
+      let returned = 0;
+      /** A hand-written source whose return() fails, after `chunks` chunks and then `failure`. */
+      const source = (chunks: number, failure?: Error): AsyncIterable<Uint8Array> => ({
+        [Symbol.asyncIterator]: () => {
+          let pulled = 0;
+          return {
+            next: async () => {
+              if (pulled++ < chunks) return { done: false, value: pattern(100 * KIB, pulled) };
+              if (failure) throw failure;
+              return { done: true, value: undefined };
+            },
+            return: async () => {
+              returned++;
+              throw new Error("return() failed as well");
+            },
+          };
+        },
+      });
+      expect(await rejectionOf(atomicWriteStream(target, source(2, sourceError)))).toBe(sourceError);
+      const missing = join(dir, "missing", "file");
+      const error = (await rejectionOf(atomicWriteStream(missing, source(2)))) as NodeJS.ErrnoException;
+      expect([error.code, error.message]).toEqual(["ENOENT", expect.stringContaining(missing)]);
+      expect(returned).toBe(2); // it was asked to release, and its failure to do so is not the news
+      expect(snapshot(dir)).toEqual(before);
     });
 
     test.skipIf(!isRoot)(
