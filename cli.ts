@@ -141,8 +141,8 @@ function readSome(readSync: ReadSync, buffer: Buffer, offset: number): number {
 /**
  * A pipe holds 64 KiB by default, so the writer upstream stalls whenever this process is busy
  * writing, and each read brings at most 64 KiB. A 1 MiB pipe (the unprivileged maximum) lets it
- * run ahead meanwhile: ~1.3x the throughput of 1 GiB to tmpfs. Best effort: stdin may be a file or
- * a terminal, or libc out of reach; it is only slower then.
+ * run ahead meanwhile (the CLI rows of `bun bench/run.ts` are faster with it). Best effort: stdin
+ * may be a file or a terminal, or libc out of reach; it is only slower then.
  */
 function widenPipe(): void {
   if (process.platform !== "linux") return;

@@ -626,6 +626,8 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
       ["a file: URL with an encoded NUL", new URL(`${pathToFileURL(dirForPaths).href}/a%00b`)],
       ["a non-file URL", new URL("https://example.com/file.txt")],
       ["a file: URL with a bad escape", new URL(`${pathToFileURL(dirForPaths).href}/a%FF`)],
+      ["a file: URL with a lone '%' (Bun kept it, Node refuses it)", new URL(`${pathToFileURL(dirForPaths).href}/a%`)],
+      ["a file: URL with a short escape", new URL(`${pathToFileURL(dirForPaths).href}/a%2`)],
       ["a file: URL with a remote host", new URL("file://example.com/file.txt")],
       ["a number", 42],
     ];
@@ -673,6 +675,29 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
         await expectFailsCleanly(attempt(path), { path, codes: ["ENOTDIR"], watch: [dir], target: file });
       }
     });
+
+    // A rename over a FIFO, a socket or a device would silently swap it for a plain file.
+    test.skipIf(!has("mkfifo"))(
+      "EINVAL when the path is a FIFO or (as root, who may make one) a device, or a link to one",
+      async () => {
+        const dir = tempDir();
+        const fifo = join(dir, "fifo");
+        run("mkfifo", [fifo]);
+        const nodes = [fifo];
+        if (isRoot) {
+          run("mknod", [join(dir, "null"), "c", "1", "3"]); // the same device as /dev/null
+          nodes.push(join(dir, "null"));
+        }
+        fs.symlinkSync("fifo", join(dir, "link-to-fifo"));
+        for (const path of [...nodes, join(dir, "link-to-fifo")]) {
+          await expectFailsCleanly(attempt(path), { path, codes: ["EINVAL"], watch: [dir] });
+        }
+        expect([fs.lstatSync(fifo).isFIFO(), !isRoot || fs.lstatSync(join(dir, "null")).isCharacterDevice()]).toEqual([
+          true,
+          true,
+        ]);
+      },
+    );
 
     test("ELOOP on a symlink loop", async () => {
       const dir = tempDir();

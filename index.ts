@@ -8,10 +8,10 @@
  *   4. apply the final owner, then the mode
  *
  * The protocol is written once, as a generator (`writePlan`) that yields each system call it needs.
- * `runSync` performs those calls as blocking calls; `runAsync` performs the slow ones (fsync, large
- * writes to a device, large reads, the source's chunks) without blocking the event loop. Both drivers
- * therefore follow the very same steps in the very same order. The blocking calls go to libc through
- * bun:ffi on Linux under Bun, and to node:fs everywhere else.
+ * `runSync` performs those calls as blocking calls; `runAsync` performs the slow ones (an fsync or a
+ * large read or write on a device, the source's chunks) without blocking the event loop. Both drivers
+ * therefore follow the very same steps in the very same order. The calls go to libc through bun:ffi
+ * on x86-64 and aarch64 Linux under Bun, and to node:fs everywhere else.
  */
 
 import { isUtf8 } from "node:buffer";
@@ -19,8 +19,7 @@ import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, resolve as resolvePath } from "node:path";
 
 // node:os (errno numbers, for error reports) and node:url (file: URLs) are loaded on first use:
-// together they cost the compiled CLI about 1.5 ms of its 40 ms start-up, and most writes need
-// neither. `require` works in an ES module under Bun; the Node build gets it from createRequire.
+// most writes need neither, and each module loaded lengthens the compiled CLI's start-up. `require` works in an ES module under Bun; the Node build gets it from createRequire.
 const errnoNumbers = (): Record<string, number> =>
   (require("node:os") as typeof import("node:os")).constants.errno as Record<string, number>;
 const urlToPath = (url: URL): string => (require("node:url") as typeof import("node:url")).fileURLToPath(url);
@@ -187,8 +186,15 @@ function pathOf(path: unknown): { shown: string; path: string } {
   return { shown: text, path: text };
 }
 
-/** Node throws a URIError for a bad escape, Bun returns "": both are the caller's argument error. */
+/**
+ * A bad escape is the caller's argument error. Node throws a URIError for one, Bun returns "" for
+ * an escape that is not UTF-8 but keeps a lone "%" as it is: refused here first, so that a URL names
+ * the same file, or none, under both.
+ */
 function fileUrlPath(url: URL): string {
+  if (/%(?![0-9a-f]{2})/i.test(url.pathname)) {
+    throw new TypeError(`path must be a file: URL of a local path, got ${url.href}: a '%' starts no escape`);
+  }
   let text: string;
   try {
     text = urlToPath(url);
@@ -248,8 +254,8 @@ function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): 
   const kind = encoding.toLowerCase();
   const utf8 = kind === "utf8" || kind === "utf-8";
   if (!PIECEWISE.has(kind) || (scratch === undefined && text.length <= TEXT_PIECE)) {
-    // TextEncoder's plain array, not a Buffer: Buffer.from made a 4 KiB async write on tmpfs
-    // 10-20% slower.
+    // TextEncoder's plain array, not a Buffer: Buffer.from made the 4 KiB async rows of `bun
+    // bench/run.ts` on tmpfs slower, in an A/B run.
     yield utf8 ? encoder.encode(text) : Buffer.from(text, encoding);
     return;
   }
@@ -356,8 +362,8 @@ function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encodin
 
 // ---------------------------------------------------------------------------------------------
 // The system calls the plan may ask for. Each driver performs them its own way; this table runs
-// them through node:fs, the portable way. On Linux under Bun, `libcCalls` runs the same calls
-// through libc instead (see "System calls through libc" below).
+// them through node:fs, the portable way. On Linux under Bun, `libcCalls` runs them through libc
+// instead, and adds what node:fs cannot do (see "System calls through libc" below).
 
 /** What the protocol needs to know of a file; node:fs Stats has these very fields. */
 interface FileInfo {
@@ -398,10 +404,10 @@ const ops = {
   close: (fd: number): void => fs.closeSync(fd),
   rename: (from: string, to: string): void => fs.renameSync(from, to),
   unlink: (path: string): void => fs.unlinkSync(path),
-  /** open(O_TMPFILE) and linkat need libc: node:fs has neither. */
-  openAnonymous: (directory: string, _mode: number): number => {
-    throw systemError("ENOSYS", "anonymous temp files need libc", "open", directory);
-  },
+  // open(O_TMPFILE) and linkat need libc, which node:fs lacks. The plan asks this layer only if
+  // ATOMIC_WRITE_FFI changed while a write was under way: "none here" (undefined) then makes it use
+  // a named temp, without marking the directory as one where the kernel refused anonymous temps.
+  openAnonymous: (_directory: string, _mode: number): number | undefined => undefined,
   linkAnonymous: (_fd: number, path: string): void => {
     throw systemError("ENOSYS", "anonymous temp files need libc", "linkat", path);
   },
@@ -418,7 +424,7 @@ type Plan<T> = Generator<Call, T, unknown>;
 /**
  * One operation for the driver: `yield sys("fsync", fd)` reads like the call itself, and the plan
  * resumes with its result, typed where it is used. A plain yield, not a generator per call:
- * delegating to one cost about 0.2 µs per call, 5-7% of a small write on tmpfs.
+ * delegating to one cost measurably more per call in the bench's small writes on tmpfs (A/B).
  */
 function sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
   return { op, args };
@@ -464,9 +470,11 @@ function runSync<T>(plan: Plan<T>): T {
 const BIG_IO = 64 * 1024;
 
 /**
- * What the async driver does off the event loop: every flush, and large reads and writes. The
- * remaining calls (open, fchmod, rename, ...) take microseconds, less than a hop to the pool. Each
- * gets the write's system calls (`calls`) for what it still does inline.
+ * The calls the async driver may have to wait for: an fsync of a file on a device, and reads and
+ * writes of 64 KiB or more, go to the thread pool; a large write to a file in memory is made here and
+ * then yields a turn of the event loop; `next` awaits the source. The remaining calls (open, fchmod,
+ * rename, ...) take microseconds, less than a hop to the pool. Each gets the write's system calls
+ * (`calls`) for what it still does inline.
  */
 const poolOps: Partial<Record<OpName, (calls: Ops, ...args: never[]) => unknown>> = {
   fsync: (_calls, fd: number) => callback<void>((done) => fs.fsync(fd, done)),
@@ -537,7 +545,7 @@ function reason(error: NodeJS.ErrnoException): string {
   const known = ERRNO_TEXT[error.code as string];
   if (known !== undefined) return known;
   const original = error.message.replace(/^[A-Z]+: /, "");
-  return original.split(",")[0] ?? original;
+  return original.split(",")[0] as string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -895,7 +903,8 @@ function linkTarget(link: string, text: string): string {
 
 /**
  * Splits the path as node:path's dirname and basename would, but in JavaScript: right after a
- * system call each of those native calls cost ~0.2 µs, 1-2% of a small write on tmpfs. Windows
+ * system call each of those native calls starts cold (every system call flushes the TLB here; see
+ * README, Performance), and costs more than the split itself. Windows
  * paths (drive letters, both separators) are left to node:path.
  */
 function targetAt(path: string, existing?: FileInfo): Target {
@@ -925,7 +934,8 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   const { directory } = target;
   if (anonymousTempsAllowed(directory)) {
     try {
-      return { fd: (yield sys("openAnonymous", directory, createMode)) as number, open: true, fsType: 0 };
+      const fd = (yield sys("openAnonymous", directory, createMode)) as number | undefined;
+      if (fd !== undefined) return { fd, open: true, fsType: 0 };
     } catch (error) {
       if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
       directoryTraits(directory).anonymous = false;
@@ -970,11 +980,11 @@ let entropyAt = 0;
 
 /**
  * 48 random bits in hex, unpredictable to other users: drawn from the CSPRNG and turned into hex
- * 256 names at a time (one native call per write cost ~0.2 µs after a system call).
+ * 256 names at a time (one native call per write starts cold after a system call).
  */
 function randomHex(): string {
   if (entropyAt + 12 > entropy.length) {
-    // Web Crypto's CSPRNG: importing node:crypto would add ~20 ms to the CLI's start-up.
+    // Web Crypto's CSPRNG: importing node:crypto would lengthen the CLI's start-up.
     entropy = Buffer.from(crypto.getRandomValues(new Uint8Array(6 * 256)).buffer).toString("hex");
     entropyAt = 0;
   }
@@ -1047,11 +1057,11 @@ function* syncDirectory(directory: string, fsType: number): Plan<void> {
 
 // ---------------------------------------------------------------------------------------------
 // System calls through libc (Linux, Bun). Through node:fs each call also builds objects (Stats with
-// dates, argument checks) that are garbage soon after: a small write on tmpfs measured 6-8% faster
-// through libc. libc also gives what node:fs lacks: anonymous temps (an O_TMPFILE inode has no name
-// until it is complete, so a kill -9 or a power cut mid-write leaves nothing behind) and the close
-// error of a temp.
-// Elsewhere, and with ATOMIC_WRITE_FFI=0, node:fs makes the very same calls, with named temps.
+// dates, argument checks) that are garbage soon after. libc also gives what node:fs lacks:
+// anonymous temps (an O_TMPFILE inode has no name until it is complete, so a kill -9 or a power cut
+// mid-write leaves nothing behind), the append-only check of a directory, and the close error of a
+// temp. Elsewhere, and with ATOMIC_WRITE_FFI=0, node:fs runs the same protocol with named temps,
+// without those three.
 
 const O_TMPFILE = 0o20200000; // x86-64 and aarch64 (node:fs does not export it)
 const O_CLOEXEC = 0o2000000; // so a child spawned meanwhile does not inherit a temp
@@ -1214,7 +1224,8 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
           run(() => c.linkat(fd, EMPTY, AT_FDCWD, name, AT_EMPTY_PATH), "linkat", path);
           return;
         } catch (error) {
-          // Older kernels refuse an unprivileged caller with ENOENT; any other error is the write's own.
+          // Kernels before 6.10 refuse it (ENOENT for an unprivileged caller, EINVAL or EPERM elsewhere):
+          // the /proc path then reports whatever error is the write's own.
           if (!["ENOENT", "EINVAL", "EPERM"].includes((error as NodeJS.ErrnoException).code as string)) throw error;
           linkByDescriptor = false;
         }
