@@ -612,6 +612,7 @@ function fileKey(path: string): string {
   try {
     return `${realDirectory(target.directory)}/${target.name}`;
   } catch {
+    // Only a path with no "/" at all (a Windows drive path) can leave realDirectory no ancestor.
     return resolvePath(target.path);
   }
 }
