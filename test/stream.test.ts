@@ -96,6 +96,49 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       expect(fs.readFileSync(fromSet, "utf8")).toBe("abc");
     });
 
+    test("many small chunks mixed with large, empty and string ones, every byte in order", async () => {
+      const { dir } = existingTarget();
+      // Sizes around the gathering thresholds (16 KiB alone, 64 KiB together), and a large string
+      // whose last encoded piece is small.
+      const sizes = [1, 100, 16 * KIB - 1, 16 * KIB, 0, 3, 64 * KIB - 5, 7, 64 * KIB, 64 * KIB + 1, 50, 2];
+      const chunks: (Uint8Array | string)[] = sizes.map((size, i) => pattern(size, i));
+      chunks.splice(5, 0, "é".repeat(300 * KIB + 3), "short text", "");
+      for (let i = 0; i < 3000; i++) chunks.push(pattern(37, i));
+      const expected = Buffer.concat(chunks.map((c) => (typeof c === "string" ? Buffer.from(c) : c)));
+      async function* slowly() {
+        for (const [i, chunk] of chunks.entries()) {
+          if (i % 500 === 0) await Bun.sleep(1);
+          yield chunk;
+        }
+      }
+      for (const [name, source] of [
+        ["sync", chunks],
+        ["async", slowly()],
+      ] as const) {
+        const path = join(dir, name);
+        await atomicWriteStream(path, source);
+        expect([name, sha256(fs.readFileSync(path))]).toEqual([name, sha256(expected)]);
+      }
+    });
+
+    test("a source that refills one small buffer for every chunk, each chunk kept as it was", async () => {
+      const { target } = existingTarget();
+      const buffer = Buffer.alloc(100);
+      function* refilled() {
+        for (let i = 0; i < 2000; i++) {
+          buffer.fill(i & 0xff);
+          yield buffer;
+        }
+      }
+      await atomicWriteStream(target, refilled());
+      const written = fs.readFileSync(target);
+      expect(written.length).toBe(200_000);
+      const wrong = [...Array(2000).keys()].filter((i) =>
+        written.subarray(i * 100, i * 100 + 100).some((b) => b !== (i & 0xff)),
+      );
+      expect(wrong).toEqual([]);
+    });
+
     test("string chunks encoded with options.encoding, byte chunks passed through unencoded", async () => {
       const dir = tempDir("stream-enc-");
       const text = ["Grüße, ", "世界 ", "😀", "\r\n", "plain"];
@@ -411,6 +454,34 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       expect(pulls).toBeLessThan(20);
       expect(snapshot(mount)).toEqual(before);
     });
+  });
+});
+
+describe.skipIf(!has("strace"))("atomicWriteStream with many small chunks (strace, in a child)", () => {
+  test("gathers them: 10,000 chunks of 100 B take at most 20 writes, not one each", () => {
+    const dir = tempDir("stream-small-");
+    const target = join(dir, "lines.txt");
+    const script = `
+      const { atomicWriteStream } = await import(${JSON.stringify(join(ROOT, "index.ts"))});
+      async function* lines() {
+        for (let i = 0; i < 10000; i++) yield \`\${String(i).padStart(8, "0")} \${"x".repeat(90)}\\n\`;
+      }
+      await atomicWriteStream(${JSON.stringify(target)}, lines());
+    `;
+    const log = join(tempDir("trace-"), "strace.log");
+    const traced = ["strace", "-f", "-qq", "-y", "-o", log, "-e", "trace=write,pwrite64"];
+    const result = spawnSync(traced[0] as string, [...traced.slice(1), BUN, "-e", script], { encoding: "utf8" });
+    expect([result.status, result.stderr]).toEqual([0, ""]);
+    const text = fs.readFileSync(target, "utf8");
+    expect(text.length).toBe(10000 * 100);
+    expect(text.split("\n")[9999]).toBe(`00009999 ${"x".repeat(90)}`);
+    // The temp, named or anonymous, is the one file written in that directory.
+    const writes = fs
+      .readFileSync(log, "utf8")
+      .split("\n")
+      .filter((line) => line.includes(`<${dir}/`));
+    expect(writes.length).toBeGreaterThan(0); // the trace saw them
+    expect(writes.length).toBeLessThanOrEqual(20); // 1,000,000 bytes in 64 KiB: 16
   });
 });
 
