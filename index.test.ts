@@ -4,7 +4,7 @@
  * each checked for all four write functions, sync and async alike. Concurrency, the CLI, durability
  * and `ifChanged` have suites of their own.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { basename, join } from "node:path";
@@ -27,10 +27,13 @@ import {
   remount,
   run,
   snapshot,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
   writeInChild,
 } from "./test/helpers.ts";
+
+setDefaultTimeout(TIMEOUT_MS);
 
 // Relative symlinks resolved from the working directory instead of the link's own directory would
 // write here: an empty scratch directory, checked by the tests, rather than the repository.

@@ -6,7 +6,7 @@
  * one file, and bad arguments, before touching the disk; honour `ifChanged` and `durable: false`;
  * and hold a bounded number of descriptors in a large batch.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
@@ -32,11 +32,13 @@ import {
   type Syscall,
   snapshot,
   TEMP_KINDS,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
   useTempKind,
 } from "./helpers.ts";
 
+setDefaultTimeout(TIMEOUT_MS);
 afterAll(cleanup);
 
 // ---------------------------------------------------------------------------------------------

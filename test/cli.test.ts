@@ -6,7 +6,7 @@
  */
 
 import { dlopen, FFIType } from "bun:ffi";
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
@@ -29,12 +29,14 @@ import {
   remount,
   type Syscall,
   snapshot,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
 } from "./helpers.ts";
 
 let binary: string;
 
+setDefaultTimeout(TIMEOUT_MS); // before the hook below, which takes it too
 beforeAll(() => {
   binary = compileCli();
 });
@@ -140,9 +142,11 @@ describe("atomic-write writes standard input to the path", () => {
       expect(symbols.fcntl(reader, F_SETFL, symbols.fcntl(reader, F_GETFL, 0) | fs.constants.O_NONBLOCK)).toBe(0);
       fs.closeSync(reader);
       try {
-        await Bun.sleep(300); // long enough for the binary to find the pipe empty (EAGAIN)
+        // Not a fixed sleep, which a slow start could outlast (the test then never saw an empty pipe):
+        // the binary has opened its temp and read the empty pipe again and again, each read an EAGAIN.
+        await emptyReads(child, () => openIn(child.pid, dir));
         fs.writeSync(writer, "first half, ");
-        await Bun.sleep(100);
+        await emptyReads(child); // it took the first half and found the pipe empty again
         fs.writeSync(writer, "second half\n");
       } finally {
         fs.closeSync(writer);
@@ -557,6 +561,31 @@ function openIn(pid: number, dir: string): boolean {
       return fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`${dir}/`);
     } catch {
       return false; // closed meanwhile
+    }
+  });
+}
+
+/** Process `pid`'s read calls so far (every one, whatever it returned) and the bytes they brought. */
+function readsOf(pid: number): { calls: number; bytes: number } {
+  const io = fs.readFileSync(`/proc/${pid}/io`, "utf8");
+  return { calls: Number(/^syscr: (\d+)$/m.exec(io)?.[1]), bytes: Number(/^rchar: (\d+)$/m.exec(io)?.[1]) };
+}
+
+/**
+ * Waits until `child` (once `ready` holds) has made a few read calls in a row that brought no byte:
+ * with nothing to read in a non-blocking pipe, those are reads that failed with EAGAIN. Returns at
+ * once if the child has exited, as a CLI that fails on EAGAIN does: its status then tells.
+ */
+async function emptyReads(child: { pid: number; exitCode: number | null }, ready = () => true): Promise<void> {
+  let since: { calls: number; bytes: number } | undefined;
+  await waitFor(() => {
+    try {
+      if (child.exitCode !== null || !ready()) return child.exitCode !== null;
+      const now = readsOf(child.pid);
+      if (since === undefined || now.bytes !== since.bytes) since = now;
+      return now.calls >= since.calls + 3;
+    } catch {
+      return true; // gone meanwhile
     }
   });
 }

@@ -7,15 +7,16 @@
  * Half the writers use the anonymous (O_TMPFILE) temps, half the named ones. The detector itself
  * is proven on every run against a deliberately broken in-place writer.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { ReaderConfig, ReaderResult } from "./fixtures/concurrent-reader.ts";
 import type { WriterConfig, WriterResult } from "./fixtures/concurrent-writer.ts";
 import { checkPayload, makePayload } from "./fixtures/payload.ts";
-import { BUN, cleanup, ROOT, tempDir, tempResidue } from "./helpers.ts";
+import { BUN, cleanup, ROOT, TIMEOUT_MS, tempDir, tempResidue } from "./helpers.ts";
 
+setDefaultTimeout(TIMEOUT_MS);
 afterAll(cleanup);
 
 const FIXTURES = join(ROOT, "test", "fixtures");

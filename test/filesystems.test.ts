@@ -3,7 +3,7 @@
  * image files. btrfs is the one SPEC singles out: it may not persist an fsync of a file that had no
  * name yet, so an anonymous temp must be flushed again once linkat has named it, before the rename.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { join } from "node:path";
 import {
@@ -15,11 +15,13 @@ import {
   modeOf,
   mountImage,
   ROOT_ONLY,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
   tracedWrite,
 } from "./helpers.ts";
 
+setDefaultTimeout(TIMEOUT_MS);
 afterAll(cleanup);
 
 const CALLS = "fsync,fdatasync,linkat,rename,renameat,renameat2";

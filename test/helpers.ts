@@ -28,6 +28,14 @@ export function has(tool: string): boolean {
 const made: string[] = [];
 const mounts: string[] = [];
 
+/**
+ * Every test file's default timeout, for its tests and its hooks: `setDefaultTimeout(TIMEOUT_MS)` at
+ * the top of each (bun starts each file at 5 s again). Bun 1.4.4 does not read bunfig.toml's [test]
+ * timeout, so without the call every test and hook had 5 s, and the CLI tests' compile of the binary
+ * in beforeAll (3-4 s on an idle 2-core machine, 6-12 s on a busy one) failed the whole file.
+ */
+export const TIMEOUT_MS = 120_000;
+
 /** A fresh directory, world-searchable so unprivileged children can reach what the test allows. */
 export function tempDir(prefix = "aw-"): string {
   const base = join(tmpdir(), "atomic-write-tests");

@@ -4,7 +4,7 @@
  * rejected for bad arguments take no place in that order; sync writes never wait. And a large async
  * write leaves the event loop free to run other work between its pieces.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,11 +25,13 @@ import {
   mountTmpfs,
   ROOT,
   TEMP_KINDS,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
   useTempKind,
 } from "./helpers.ts";
 
+setDefaultTimeout(TIMEOUT_MS);
 afterAll(cleanup);
 
 const KIB = 1024;
@@ -339,29 +341,44 @@ describe("async writes to different files at once", () => {
 /** Whether temp dirs are on tmpfs, where an fsync waits on nothing and so is made inline, on purpose. */
 const tempsInMemory = fs.statfsSync(tmpdir()).type === 0x01021994;
 
+/** How long strace holds each fsync and fdatasync below: an event loop that made one would stall this long. */
+const FSYNC_DELAY_MS = 500;
+
 describe.skipIf(!has("strace") || tempsInMemory)(
-  "an async write waiting on fsync (each fsync delayed 300 ms by strace, in a child; not where temp dirs are on tmpfs, whose fsyncs are inline)",
+  `an async write waiting on fsync (each fsync delayed ${FSYNC_DELAY_MS} ms by strace, in a child; not where temp dirs are on tmpfs, whose fsyncs are inline)`,
   () => {
-    test("leaves the event loop free meanwhile: the fsync runs off the main thread", () => {
+    test("leaves the event loop free meanwhile: neither the temp's fsync nor the directory's runs on the main thread", () => {
       const dir = tempDir("order-fsync-");
       const file = join(dir, "file.txt");
+      // The longest wait between two turns of a 10 ms timer: a flush made on the main thread holds
+      // the timer for the whole delay, so it is at least FSYNC_DELAY_MS, however fast the machine.
+      // A free loop waits only as long as the scheduler makes it (up to ~140 ms measured on a loaded
+      // 2-core machine), so the bound fails on the bug for sure and not on a slow or busy machine.
       const script = `
       const { atomicWriteTextAsync } = await import(${JSON.stringify(join(ROOT, "index.ts"))});
       let ticks = 0;
-      const timer = setInterval(() => ticks++, 10);
-      const started = performance.now();
+      let last = performance.now();
+      let longestWait = 0;
+      const turn = () => {
+        const now = performance.now();
+        longestWait = Math.max(longestWait, now - last);
+        last = now;
+      };
+      const timer = setInterval(() => { ticks++; turn(); }, 10);
+      const started = last;
       await atomicWriteTextAsync(${JSON.stringify(file)}, "flushed off the event loop");
       clearInterval(timer);
-      console.log(JSON.stringify({ ticks, ms: performance.now() - started }));
+      turn();
+      console.log(JSON.stringify({ ticks, ms: performance.now() - started, longestWait }));
     `;
-      const delay = injecting("fsync,fdatasync", "delay_enter=300000");
+      const delay = injecting("fsync,fdatasync", `delay_enter=${FSYNC_DELAY_MS * 1000}`);
       const result = spawnSync(delay[0] as string, [...delay.slice(1), BUN, "-e", script], { encoding: "utf8" });
       expect([result.status, result.stderr]).toEqual([0, ""]);
-      const { ticks, ms } = JSON.parse(result.stdout.trim()) as { ticks: number; ms: number };
+      const { ticks, ms, longestWait } = JSON.parse(result.stdout.trim()) as Record<string, number>;
       expect(fs.readFileSync(file, "utf8")).toBe("flushed off the event loop");
-      expect(ms).toBeGreaterThan(550); // the temp's fsync and the directory's: the delay was real
-      // A 10 ms timer over ~600 ms: it fires dozens of times unless the fsyncs block the thread.
-      expect(ticks).toBeGreaterThan(15);
+      expect(ms).toBeGreaterThan(2 * FSYNC_DELAY_MS - 50); // the temp's fsync and the directory's: the delay was real
+      expect(longestWait).toBeLessThan(FSYNC_DELAY_MS);
+      expect(ticks).toBeGreaterThan(15); // and the timer did run meanwhile, dozens of times in ~1 s
     });
   },
 );

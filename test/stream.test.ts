@@ -2,7 +2,7 @@
  * atomicWriteStream (SPEC "Beyond the seed: streaming source"): every kind of source, bounded memory,
  * and the failure rules (the source's own error, foreign chunks, a full disk) on both temp protocols.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -18,11 +18,13 @@ import {
   ROOT_ONLY,
   snapshot,
   TEMP_KINDS,
+  TIMEOUT_MS,
   tempDir,
   tempResidue,
   useTempKind,
 } from "./helpers.ts";
 
+setDefaultTimeout(TIMEOUT_MS);
 afterAll(cleanup);
 
 const KIB = 1024;
