@@ -868,7 +868,8 @@ function* stageTemp(
   renamedNext: boolean,
 ): Plan<Staged> {
   const traits = directoryTraits(target.directory);
-  if (traits.appendOnly !== false) yield* refuseAppendOnly(traits, target); // false: asked, and fine
+  // Asked once per directory: false is a known-good answer, and only it spares the statx next time.
+  if (traits.appendOnly !== false) yield* refuseAppendOnly(traits, target);
   const temp = yield* createTemp(target, mode);
   try {
     // Probed once per directory: not a generator of its own, which cost more than the lookup.
