@@ -1299,6 +1299,13 @@ const ERRNO_TEXT: Record<string, string> = {
   EEXIST: "file already exists",
   EXDEV: "cross-device link not permitted",
   EBUSY: "resource busy or locked",
+  // Worded "unknown error" by Bun's node:fs too; NFS and a damaged file system report them at fsync.
+  ESTALE: "stale file handle",
+  EUCLEAN: "structure needs cleaning",
+  EBADMSG: "bad message",
+  ENOLCK: "no locks available",
+  ENOLINK: "link has been severed",
+  ECOMM: "communication error on send",
 };
 
 let codes: Map<number, string> | undefined;

@@ -487,6 +487,52 @@ describe.skipIf(!has("strace"))("atomicWriteStream with many small chunks (strac
   });
 });
 
+describe("atomicWriteStream when ATOMIC_WRITE_FFI changes while a write is under way", () => {
+  // libc (and with it O_TMPFILE) is used on x86-64 and aarch64 Linux only.
+  const libc = process.platform === "linux" && ["x64", "arm64"].includes(process.arch);
+  test.skipIf(!libc)(
+    "the write still succeeds, and the directory keeps its anonymous temps for later writes",
+    async () => {
+      const saved = [process.env.ATOMIC_WRITE_FFI, process.env.ATOMIC_WRITE_TMPFILE] as const;
+      try {
+        delete process.env.ATOMIC_WRITE_TMPFILE;
+        const dir = tempDir("stream-ffi-");
+        const target = join(dir, "target.bin");
+        fs.writeFileSync(target, "previous contents\n");
+        // The write starts on the node:fs layer; the source switches to libc while ifChanged compares,
+        // so the plan asks the node:fs layer for an anonymous temp, which it does not have.
+        process.env.ATOMIC_WRITE_FFI = "0";
+        async function* switching() {
+          delete process.env.ATOMIC_WRITE_FFI;
+          yield "new contents\n";
+        }
+        await atomicWriteStream(target, switching(), { ifChanged: true });
+        expect(fs.readFileSync(target, "utf8")).toBe("new contents\n");
+        expect(tempResidue(dir)).toEqual([]);
+        // The next write in that directory, on libc throughout, still gets an invisible temp: the
+        // node:fs layer's "none here" did not mark the directory as one refusing O_TMPFILE.
+        let midWrite: string[] = [];
+        async function* looking() {
+          yield pattern(100, 1);
+          midWrite = fs.readdirSync(dir);
+          yield pattern(100, 2);
+        }
+        await atomicWriteStream(target, looking());
+        expect(midWrite).toEqual(["target.bin"]);
+        expect(fs.readFileSync(target)).toEqual(Buffer.concat([pattern(100, 1), pattern(100, 2)]));
+      } finally {
+        for (const [name, value] of [
+          ["ATOMIC_WRITE_FFI", saved[0]],
+          ["ATOMIC_WRITE_TMPFILE", saved[1]],
+        ] as const) {
+          if (value === undefined) delete process.env[name];
+          else process.env[name] = value;
+        }
+      }
+    },
+  );
+});
+
 describe("atomicWriteStream keeps memory bounded", () => {
   test("holding no chunk once it is written (each is collectable while the stream goes on)", async () => {
     const dir = tempDir("stream-mem-");
