@@ -37,7 +37,10 @@ const GiB = 1024 * MiB;
 
 const argv = process.argv.slice(2);
 const smoke = argv.includes("--smoke");
+/** A flag's value, given as `--name value` or, as reliability/run.ts takes it, `--name=value`. */
 const flag = (name: string): string | undefined => {
+  const joined = argv.find((arg) => arg.startsWith(`${name}=`));
+  if (joined !== undefined) return joined.slice(name.length + 1);
   const at = argv.indexOf(name);
   return at === -1 ? undefined : argv[at + 1];
 };
