@@ -19,7 +19,8 @@ import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, resolve as resolvePath } from "node:path";
 
 // node:os (errno numbers, for error reports) and node:url (file: URLs) are loaded on first use:
-// most writes need neither, and each module loaded lengthens the compiled CLI's start-up. `require` works in an ES module under Bun; the Node build gets it from createRequire.
+// most writes need neither, and each module loaded lengthens the compiled CLI's start-up.
+// `require` works in an ES module under Bun; the Node build gets it from createRequire.
 const errnoNumbers = (): Record<string, number> =>
   (require("node:os") as typeof import("node:os")).constants.errno as Record<string, number>;
 const urlToPath = (url: URL): string => (require("node:url") as typeof import("node:url")).fileURLToPath(url);
@@ -949,8 +950,8 @@ function linkTarget(link: string, text: string): string {
 /**
  * Splits the path as node:path's dirname and basename would, but in JavaScript: right after a
  * system call each of those native calls starts cold (every system call flushes the TLB here; see
- * README, Performance), and costs more than the split itself. Windows
- * paths (drive letters, both separators) are left to node:path.
+ * README, Performance), and costs more than the split itself. Windows paths (drive letters, both
+ * separators) are left to node:path.
  */
 function targetAt(path: string, existing?: FileInfo): Target {
   if (process.platform === "win32") return { path, directory: dirname(path), name: basename(path), existing };
