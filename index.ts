@@ -264,10 +264,11 @@ function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): 
   yield* utf8 ? utf8Pieces(text, buffer) : pieces(text, encoding, buffer);
 }
 
-/** Any piecewise encoding: TEXT_PIECE units at a time, which always fit the buffer. */
+/** Any piecewise encoding: as many units at a time as always fit the buffer (3 bytes each at most). */
 function* pieces(text: string, encoding: BufferEncoding, buffer: Buffer): Generator<Uint8Array> {
+  const span = Math.floor(buffer.byteLength / 3);
   for (let start = 0; start < text.length; ) {
-    const end = pieceEnd(text, start, TEXT_PIECE);
+    const end = pieceEnd(text, start, span);
     const written = buffer.write(text.slice(start, end), 0, encoding);
     yield buffer.subarray(0, written);
     start = end;
@@ -311,6 +312,19 @@ function syncScratch(): Buffer {
   return scratchBuffer;
 }
 
+const MIN_SCRATCH = 64 * 1024;
+
+/**
+ * A scratch buffer that takes `units` UTF-16 units in one piece, up to TEXT_PIECE, in any piecewise
+ * encoding: `scratch` itself when it is big enough, else a bigger one (a power of two, so a stream
+ * of growing strings allocates a few times, not once per chunk).
+ */
+function roomFor(units: number, scratch: Buffer | undefined): Buffer {
+  const wanted = 3 * Math.min(units, TEXT_PIECE);
+  if (scratch && scratch.byteLength >= wanted) return scratch;
+  return Buffer.allocUnsafe(Math.min(TEXT_PIECE * 3, Math.max(MIN_SCRATCH, 2 ** Math.ceil(Math.log2(wanted)))));
+}
+
 function isHighSurrogate(unit: number): boolean {
   return unit >= 0xd800 && unit <= 0xdbff;
 }
@@ -329,16 +343,18 @@ function sourceIterator(source: unknown): () => Iterator<unknown> | AsyncIterato
 /** Turns a source's chunks into bytes; strings are encoded, anything else is a TypeError. */
 function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encoding: BufferEncoding): Chunks {
   let pending: Iterator<Uint8Array> | undefined;
-  // One buffer for every large string chunk of this write, each piece written before the next is
-  // encoded: a fresh one per chunk made 1 GiB of 1 MiB strings peak above 64 MiB, waiting for GC.
+  // One buffer for every string chunk of this write, each piece written before the next is
+  // encoded: a fresh array per chunk is garbage that waits for the GC, and 1 GiB of 1 MiB strings
+  // (later, of 128 KiB strings) encoded that way peaked above the 64 MiB SPEC allows.
   let scratch: Buffer | undefined;
+  const piecewise = PIECEWISE.has(encoding.toLowerCase());
   const convert = (result: IteratorResult<unknown>): IteratorResult<Uint8Array> | undefined => {
     if (result.done) return { done: true, value: undefined };
     const chunk = result.value;
     if (chunk instanceof Uint8Array) return { done: false, value: chunk };
     if (typeof chunk === "string") {
-      if (chunk.length > TEXT_PIECE) scratch ??= Buffer.allocUnsafe(TEXT_PIECE * 3);
-      pending = textChunks(chunk, encoding, chunk.length > TEXT_PIECE ? scratch : undefined);
+      if (piecewise) scratch = roomFor(chunk.length, scratch);
+      pending = textChunks(chunk, encoding, scratch);
       return undefined;
     }
     throw new TypeError(`source chunks must be Uint8Array or string, got ${describe(chunk)}`);
