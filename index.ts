@@ -312,7 +312,7 @@ function syncScratch(): Buffer {
   return scratchBuffer;
 }
 
-const MIN_SCRATCH = 64 * 1024;
+const MIN_SCRATCH = 1024; // not more: allocating 64 KiB made a stream of a few short strings slower
 
 /**
  * A scratch buffer that takes `units` UTF-16 units in one piece, up to TEXT_PIECE, in any piecewise
