@@ -117,6 +117,8 @@ interface Request {
   chunks: (scratch?: Buffer) => Chunks;
   /** Total byte count when known in advance (lets `ifChanged` compare sizes first). */
   length?: number;
+  /** Text in a piecewise encoding: its length in UTF-16 units, to size a buffer to encode it into. */
+  units?: number;
   mode?: number;
   durable: boolean;
   ifChanged: boolean;
@@ -131,7 +133,8 @@ function textRequest(path: fs.PathLike, data: unknown, options: unknown): Reques
   // (padding, line breaks, stray characters), and a wrong count would rewrite identical bytes.
   const length =
     base.ifChanged && PIECEWISE.has(encoding.toLowerCase()) ? Buffer.byteLength(data, encoding) : undefined;
-  return { ...base, chunks: (scratch) => textChunks(data, encoding, scratch), length };
+  const units = PIECEWISE.has(encoding.toLowerCase()) ? data.length : undefined;
+  return { ...base, chunks: (scratch) => textChunks(data, encoding, scratch), length, units };
 }
 
 function bytesRequest(path: fs.PathLike, data: unknown, options: unknown): Request {
@@ -253,15 +256,12 @@ const PIECEWISE: ReadonlySet<string> = new Set([
 
 function* textChunks(text: string, encoding: BufferEncoding, scratch?: Buffer): Generator<Uint8Array> {
   const kind = encoding.toLowerCase();
-  const utf8 = kind === "utf8" || kind === "utf-8";
-  if (!PIECEWISE.has(kind) || (scratch === undefined && text.length <= TEXT_PIECE)) {
-    // TextEncoder's plain array, not a Buffer: Buffer.from made the 4 KiB async rows of `bun
-    // bench/run.ts` on tmpfs slower, in an A/B run.
-    yield utf8 ? encoder.encode(text) : Buffer.from(text, encoding);
+  if (!PIECEWISE.has(kind)) {
+    yield Buffer.from(text, encoding);
     return;
   }
-  const buffer = scratch ?? Buffer.allocUnsafe(TEXT_PIECE * 3);
-  yield* utf8 ? utf8Pieces(text, buffer) : pieces(text, encoding, buffer);
+  const buffer = scratch ?? roomFor(text.length, undefined);
+  yield* kind === "utf8" || kind === "utf-8" ? utf8Pieces(text, buffer) : pieces(text, encoding, buffer);
 }
 
 /** Any piecewise encoding: as many units at a time as always fit the buffer (3 bytes each at most). */
@@ -310,6 +310,24 @@ let scratchBuffer: Buffer | undefined;
 function syncScratch(): Buffer {
   scratchBuffer ??= Buffer.allocUnsafe(TEXT_PIECE * 3);
   return scratchBuffer;
+}
+
+/**
+ * Encoding buffers of finished async writes of text, kept for the next ones: encoded into a fresh
+ * array each, 4 KiB async writes of text took far longer than writes of the same bytes; into a kept
+ * buffer, about as long. Async writes interleave, so each borrows one for the whole write; a few
+ * small ones are kept.
+ */
+const spareScratch: Buffer[] = [];
+const SPARE_COUNT = 4;
+const SPARE_SIZE = 64 * 1024;
+
+function borrowScratch(units: number): Buffer {
+  return roomFor(units, spareScratch.pop());
+}
+
+function returnScratch(scratch: Buffer): void {
+  if (scratch.byteLength <= SPARE_SIZE && spareScratch.length < SPARE_COUNT) spareScratch.push(scratch);
 }
 
 const MIN_SCRATCH = 1024; // not more: allocating 64 KiB made a stream of a few short strings slower
@@ -639,11 +657,11 @@ function later(build: () => Request): Promise<void> {
   } catch (error) {
     return Promise.reject(error);
   }
-  return enqueue([key], () => writeAsync(request));
+  return enqueue([key], () => withScratch(request.units, (scratch) => writeAsync(request, scratch)));
 }
 
-async function writeAsync(request: Request): Promise<void> {
-  const chunks = request.chunks();
+async function writeAsync(request: Request, scratch: Buffer | undefined): Promise<void> {
+  const chunks = request.chunks(scratch);
   try {
     await runAsync(writePlan(request, chunks));
   } catch (error) {
@@ -654,6 +672,16 @@ async function writeAsync(request: Request): Promise<void> {
       // The write's own error is the one to report.
     }
     throw error;
+  }
+}
+
+/** Runs an async write with a buffer of its own to encode text of up to `units` into, if any. */
+async function withScratch(units: number | undefined, write: (scratch?: Buffer) => Promise<void>): Promise<void> {
+  const scratch = units === undefined ? undefined : borrowScratch(units);
+  try {
+    await write(scratch);
+  } finally {
+    if (scratch) returnScratch(scratch);
   }
 }
 
@@ -708,7 +736,10 @@ function realDirectory(directory: string): string {
 // ---------------------------------------------------------------------------------------------
 // Batches: every file staged before any is renamed.
 
-function batchRequests(entries: unknown, options: unknown): { requests: Request[]; keys: string[]; durable: boolean } {
+function batchRequests(
+  entries: unknown,
+  options: unknown,
+): { requests: Request[]; keys: string[]; durable: boolean; units?: number } {
   if (!Array.isArray(entries)) throw new TypeError(`entries must be an array, got ${describe(entries)}`);
   const { durable, ifChanged } = baseOptions(options);
   // Every entry is checked before any path is looked up (fileKey stats it): a bad argument anywhere
@@ -730,7 +761,10 @@ function batchRequests(entries: unknown, options: unknown): { requests: Request[
     seen.set(key, index);
     keys.push(key);
   });
-  return { requests, keys, durable };
+  // Entries are staged one after another, so one buffer serves all their text: sized for the longest.
+  const texts = requests.filter((request) => request.units !== undefined);
+  const units = texts.length === 0 ? undefined : texts.reduce((most, request) => Math.max(most, request.units ?? 0), 0);
+  return { requests, keys, durable, units };
 }
 
 function entryRequest(entry: BatchEntry, index: number, durable: boolean, ifChanged: boolean): Request {
@@ -761,7 +795,7 @@ export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptio
   } catch (error) {
     return Promise.reject(error);
   }
-  return enqueue(batch.keys, () => runAsync(batchPlan(batch)));
+  return enqueue(batch.keys, () => withScratch(batch.units, (scratch) => runAsync(batchPlan(batch, scratch))));
 }
 
 // ---------------------------------------------------------------------------------------------

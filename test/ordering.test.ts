@@ -338,6 +338,43 @@ describe("async writes to different files at once", () => {
   });
 });
 
+describe("async writes of small texts at once", () => {
+  test("each keeps its own bytes, single writes and batches alike, when encoding buffers are reused", async () => {
+    const dir = tempDir("order-small-");
+    // Distinct at every offset, so text encoded over another write's shows.
+    const text = (seed: string, length: number) => {
+      let out = "";
+      for (let i = 0; out.length < length; i++) out += `${seed}${i}é€`;
+      return out.slice(0, length);
+    };
+    // Three rounds: the later ones reuse the buffers the earlier ones gave back.
+    for (const round of [1, 2, 3]) {
+      const expected = new Map<string, Buffer>();
+      const writes: Promise<void>[] = [];
+      for (const [index, length] of [100, 4 * KIB, 30 * KIB, 7, 2 * KIB, 20 * KIB].entries()) {
+        const encoding = index % 2 === 0 ? "utf-8" : "utf16le";
+        const path = join(dir, `single-${index}`);
+        const data = text(`r${round}s${index}-`, length);
+        expected.set(path, Buffer.from(data, encoding));
+        writes.push(atomicWriteTextAsync(path, data, { encoding }));
+      }
+      for (const batch of [0, 1]) {
+        const entries = [300, 5 * KIB, 1].map((length, index) => {
+          const path = join(dir, `batch-${batch}-${index}`);
+          const data = text(`r${round}b${batch}e${index}-`, length);
+          expected.set(path, Buffer.from(data));
+          return { path, data };
+        });
+        writes.push(atomicWriteManyAsync(entries));
+      }
+      await Promise.all(writes);
+      for (const [path, bytes] of expected) {
+        expect([round, path, fs.readFileSync(path).equals(bytes)]).toEqual([round, path, true]);
+      }
+    }
+  });
+});
+
 /** Whether temp dirs are on tmpfs, where an fsync waits on nothing and so is made inline, on purpose. */
 const tempsInMemory = fs.statfsSync(tmpdir()).type === 0x01021994;
 
