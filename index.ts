@@ -131,9 +131,9 @@ function textRequest(path: fs.PathLike, data: unknown, options: unknown): Reques
   // The byte count only serves ifChanged, and counting a huge string costs a full pass over it.
   // Exact only for the piecewise encodings: for base64 and hex, Buffer.byteLength is an estimate
   // (padding, line breaks, stray characters), and a wrong count would rewrite identical bytes.
-  const length =
-    base.ifChanged && PIECEWISE.has(encoding.toLowerCase()) ? Buffer.byteLength(data, encoding) : undefined;
-  const units = PIECEWISE.has(encoding.toLowerCase()) ? data.length : undefined;
+  const piecewise = PIECEWISE.has(encoding.toLowerCase());
+  const length = base.ifChanged && piecewise ? Buffer.byteLength(data, encoding) : undefined;
+  const units = piecewise ? data.length : undefined;
   return { ...base, chunks: (scratch) => textChunks(data, encoding, scratch), length, units };
 }
 
@@ -762,8 +762,8 @@ function batchRequests(
     keys.push(key);
   });
   // Entries are staged one after another, so one buffer serves all their text: sized for the longest.
-  const texts = requests.filter((request) => request.units !== undefined);
-  const units = texts.length === 0 ? undefined : texts.reduce((most, request) => Math.max(most, request.units ?? 0), 0);
+  let units: number | undefined;
+  for (const request of requests) if (request.units !== undefined) units = Math.max(units ?? 0, request.units);
   return { requests, keys, durable, units };
 }
 
