@@ -494,34 +494,38 @@ const ops = {
 };
 
 type Ops = typeof ops;
-type OpName = keyof Ops;
-/** One system call for a driver to make; a `quiet` one's failure is ignored (see `quietly`). */
-type Call = { op: OpName; args: unknown[]; quiet?: true };
+/** What a step may call: the async driver's calls may return a promise of their result instead. */
+type Syscalls = { [K in keyof Ops]: (...args: Parameters<Ops[K]>) => ReturnType<Ops[K]> | Promise<ReturnType<Ops[K]>> };
+/**
+ * One step of a plan: `yield (sys) => sys.fsync(fd)` reads like the call itself, and the plan
+ * resumes with its result, typed where it is used. The driver hands each step its system calls
+ * (the async driver awaits what they return). A function, not an operation's name and arguments
+ * for the driver to look up and spread: that cost a 100 B write on tmpfs about 2 µs of its ~38.
+ */
+type Call = (sys: Syscalls) => unknown;
 type Plan<T> = Generator<Call, T, unknown>;
 
 /**
- * One operation for the driver: `yield sys("fsync", fd)` reads like the call itself, and the plan
- * resumes with its result, typed where it is used. A plain yield, not a generator per call:
- * delegating to one cost measurably more per call in the bench's small writes on tmpfs (A/B).
+ * The same, for clean-up steps whose own failure must not hide the error being reported: it is
+ * ignored. A wrapped step, not a generator with a try/catch around the call: that generator cost a
+ * small write on tmpfs more than the call it wrapped.
  */
-function sys<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
-  return { op, args };
-}
-
-/**
- * The same, for clean-up steps whose own failure must not hide the error being reported: the
- * driver ignores it. A flag for the driver, not a generator with a try/catch around the call:
- * that generator cost a small write on tmpfs more than the call it wrapped.
- */
-function quietly<K extends OpName>(op: K, ...args: Parameters<Ops[K]>): Call {
-  return { op, args, quiet: true };
+function quietly(call: Call): Call {
+  return (sys) => {
+    try {
+      const outcome = call(sys);
+      return outcome instanceof Promise ? outcome.catch(() => undefined) : outcome;
+    } catch {
+      return undefined;
+    }
+  };
 }
 
 /** Errors thrown by the caller's own source: they reach the caller as the very same, untouched objects. */
 const sourceErrors = new WeakSet<object>();
 
-function fromSource(error: unknown, op: OpName): unknown {
-  if (op === "next" && typeof error === "object" && error !== null) sourceErrors.add(error);
+function fromSource(error: unknown): unknown {
+  if (typeof error === "object" && error !== null) sourceErrors.add(error);
   return error;
 }
 
@@ -529,15 +533,12 @@ function runSync<T>(plan: Plan<T>): T {
   const calls = syscalls();
   let step = plan.next();
   while (!step.done) {
-    const { op, args, quiet } = step.value;
     let result: unknown;
     try {
-      result = (calls[op] as (...a: unknown[]) => unknown)(...args);
+      result = step.value(calls);
     } catch (error) {
-      if (!quiet) {
-        step = plan.throw(fromSource(error, op));
-        continue;
-      }
+      step = plan.throw(error);
+      continue;
     }
     step = plan.next(result);
   }
@@ -548,55 +549,72 @@ function runSync<T>(plan: Plan<T>): T {
 const BIG_IO = 64 * 1024;
 
 /**
- * The calls the async driver may have to wait for: an fsync of a file on a device, and reads and
- * writes of 64 KiB or more, go to the thread pool; a large write to a file in memory is made here and
- * then yields a turn of the event loop; `next` awaits the source. The remaining calls (open, fchmod,
- * rename, ...) take microseconds, less than a hop to the pool. Each gets the write's system calls
- * (`calls`) for what it still does inline.
+ * The async driver's system calls: the ones it may have to wait for return promises. An fsync of a
+ * file on a device, and reads and writes of 64 KiB or more, go to the thread pool; a large write to
+ * a file in memory is made here and then yields a turn of the event loop; `next` awaits the source.
+ * The remaining calls (open, fchmod, rename, ...) take microseconds, less than a hop to the pool,
+ * and are the sync ones (`calls`).
  */
-const poolOps: Partial<Record<OpName, (calls: Ops, ...args: never[]) => unknown>> = {
-  fsync: (_calls, fd: number) => callback<void>((done) => fs.fsync(fd, done)),
-  fdatasync: (_calls, fd: number) => callback<void>((done) => fs.fdatasync(fd, done)),
-  write: (calls, fd: number, data: Uint8Array, offset: number, length: number) =>
-    length < BIG_IO
-      ? calls.write(fd, data, offset, length)
-      : callback<number>((done) => fs.write(fd, data, offset, length, null, done)),
-  read: (calls, fd: number, into: Uint8Array, offset: number, length: number, position: number) =>
-    length < BIG_IO
-      ? calls.read(fd, into, offset, length, position)
-      : callback<number>((done) => fs.read(fd, into, offset, length, position, done)),
-  // A copy into memory waits on no device: done here, not bounced to another core and back (which
-  // also made encoding text slower), but a large one is followed by a turn of the event loop, as
-  // while the thread pool wrote it, so other work is not held up for a whole large write.
-  writeInMemory: (calls, fd: number, data: Uint8Array, offset: number, length: number) => {
-    const written = calls.writeInMemory(fd, data, offset, length);
-    return length < BIG_IO ? written : new Promise<number>((resolve) => setImmediate(() => resolve(written)));
-  },
-  next: async (_calls, chunks: Chunks) => chunks.next(),
-};
+function pooled(calls: Ops): Syscalls {
+  return {
+    ...calls,
+    fsync: (fd: number) => callback<void>((done) => fs.fsync(fd, done)),
+    fdatasync: (fd: number) => callback<void>((done) => fs.fdatasync(fd, done)),
+    write: (fd: number, data: Uint8Array, offset: number, length: number) =>
+      length < BIG_IO
+        ? calls.write(fd, data, offset, length)
+        : callback<number>((done) => fs.write(fd, data, offset, length, null, done)),
+    read: (fd: number, into: Uint8Array, offset: number, length: number, position: number) =>
+      length < BIG_IO
+        ? calls.read(fd, into, offset, length, position)
+        : callback<number>((done) => fs.read(fd, into, offset, length, position, done)),
+    // A copy into memory waits on no device: done here, not bounced to another core and back (which
+    // also made encoding text slower), but a large one is followed by a turn of the event loop, as
+    // while the thread pool wrote it, so other work is not held up for a whole large write.
+    writeInMemory: (fd: number, data: Uint8Array, offset: number, length: number) => {
+      const written = calls.writeInMemory(fd, data, offset, length);
+      return length < BIG_IO ? written : new Promise<number>((resolve) => setImmediate(() => resolve(written)));
+    },
+    // Only this driver pulls a caller's own source (every stream is async).
+    next: async (chunks: Chunks) => {
+      try {
+        return (await chunks.next()) as IteratorResult<Uint8Array>;
+      } catch (error) {
+        throw fromSource(error);
+      }
+    },
+  };
+}
+
+/** The async driver's calls over each layer (libc or node:fs), made once. */
+const pooledCalls = new WeakMap<Ops, Syscalls>();
+
+function asyncCalls(): Syscalls {
+  const sync = syscalls();
+  let calls = pooledCalls.get(sync);
+  if (!calls) {
+    calls = pooled(sync);
+    pooledCalls.set(sync, calls);
+  }
+  return calls;
+}
 
 function callback<T>(start: (done: (error: Error | null, value?: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => start((error, value) => (error ? reject(error) : resolve(value as T))));
 }
 
 async function runAsync<T>(plan: Plan<T>): Promise<T> {
-  const calls = syscalls();
+  const calls = asyncCalls();
   let step = plan.next();
   while (!step.done) {
-    const { op, args, quiet } = step.value;
     let result: unknown;
     try {
-      const pooled = poolOps[op];
-      const outcome = pooled
-        ? pooled(calls, ...(args as never[]))
-        : (calls[op] as (...a: unknown[]) => unknown)(...args);
+      const outcome = step.value(calls);
       // Inline calls are done already: awaiting them too would add a turn of the event loop each.
       result = outcome instanceof Promise ? await outcome : outcome;
     } catch (error) {
-      if (!quiet) {
-        step = plan.throw(fromSource(error, op));
-        continue;
-      }
+      step = plan.throw(error);
+      continue;
     }
     step = plan.next(result);
   }
@@ -831,7 +849,8 @@ function* writePlan(request: Request, chunks: Chunks): Plan<void> {
     try {
       yield* replaceTarget(staged);
     } finally {
-      if (staged.fd !== undefined) yield quietly("close", staged.fd);
+      const { fd } = staged;
+      if (fd !== undefined) yield quietly((sys) => sys.close(fd));
     }
     if (request.durable) yield* syncDirectory(staged.directory, staged.fsType);
   } catch (error) {
@@ -861,7 +880,7 @@ function* batchPlan({ requests, keys, durable }: Batch, scratch?: Buffer): Plan<
     }
   } catch (error) {
     // Nothing was renamed yet: removing every temp leaves every target as it was.
-    for (const one of staged) yield quietly("unlink", one.temp);
+    for (const one of staged) yield quietly((sys) => sys.unlink(one.temp));
     throw error;
   }
   const renamed: string[] = [];
@@ -870,10 +889,10 @@ function* batchPlan({ requests, keys, durable }: Batch, scratch?: Buffer): Plan<
   let failure: unknown;
   for (const [index, one] of staged.entries()) {
     try {
-      yield sys("rename", one.temp, one.target);
+      yield (sys) => sys.rename(one.temp, one.target);
     } catch (error) {
       failure = blame(error, one.shown);
-      for (const rest of staged.slice(index)) yield quietly("unlink", rest.temp);
+      for (const rest of staged.slice(index)) yield quietly((sys) => sys.unlink(rest.temp));
       break;
     }
     renamed.push(one.shown);
@@ -906,7 +925,7 @@ function* stage(request: Request, chunks: Chunks, renamedNext: boolean): Plan<St
   try {
     return yield* stageTemp(request, target, mode, chunks, replay, renamedNext);
   } finally {
-    if (replay) yield quietly("close", replay.fd);
+    if (replay) yield quietly((sys) => sys.close(replay.fd));
   }
 }
 
@@ -924,7 +943,7 @@ function* stageTemp(
   const temp = yield* createTemp(target, mode);
   try {
     // Probed once per directory: not a generator of its own, which cost more than the lookup.
-    temp.fsType = traits.fsType ??= (yield sys("statfsType", target.directory)) as number;
+    temp.fsType = traits.fsType ??= (yield (sys) => sys.statfsType(target.directory)) as number;
     if (replay) yield* copyPrefix(replay, temp);
     yield* writeAll(temp, chunks);
     yield* applyOwnerAndMode(temp.fd, target, mode);
@@ -937,11 +956,12 @@ function* stageTemp(
     // flush), nor for named temps, nor in a batch (bounded descriptors).
     if (!(renamedNext && anonymous && request.durable)) {
       temp.open = false;
-      yield sys("close", temp.fd);
+      yield (sys) => sys.close(temp.fd);
     }
   } catch (error) {
-    if (temp.open) yield quietly("close", temp.fd);
-    if (temp.path !== undefined) yield quietly("unlink", temp.path);
+    if (temp.open) yield quietly((sys) => sys.close(temp.fd));
+    const { path } = temp;
+    if (path !== undefined) yield quietly((sys) => sys.unlink(path));
     throw error;
   }
   return {
@@ -964,7 +984,7 @@ function* resolveTarget(path: string): Plan<Target> {
     const mustBeDirectory = current.endsWith("/");
     let stat: FileInfo;
     try {
-      stat = (yield sys("lstat", current)) as FileInfo;
+      stat = (yield (sys) => sys.lstat(current)) as FileInfo;
     } catch (error) {
       // A missing file is simply created; a missing directory is reported when the temp is.
       if (!mustBeDirectory && (error as NodeJS.ErrnoException).code === "ENOENT") {
@@ -975,7 +995,7 @@ function* resolveTarget(path: string): Plan<Target> {
     const kind = stat.mode & S_IFMT;
     if (kind === S_IFLNK) {
       if (hops >= MAX_SYMLINKS) throw systemError("ELOOP", "too many levels of symbolic links", "open", path);
-      current = linkTarget(current, (yield sys("readlink", current)) as string);
+      current = linkTarget(current, (yield (sys) => sys.readlink(current)) as string);
       continue;
     }
     if (kind === S_IFDIR) throw systemError("EISDIR", "illegal operation on a directory", "open", path);
@@ -1030,7 +1050,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   const { directory } = target;
   if (anonymousTempsAllowed(directory)) {
     try {
-      const fd = (yield sys("openAnonymous", directory, createMode)) as number | undefined;
+      const fd = (yield (sys) => sys.openAnonymous(directory, createMode)) as number | undefined;
       if (fd !== undefined) return { fd, open: true, fsType: 0 };
     } catch (error) {
       if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
@@ -1040,7 +1060,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: (yield sys("open", path, TEMP_FLAGS, createMode)) as number, path, open: true, fsType: 0 };
+      return { fd: (yield (sys) => sys.open(path, TEMP_FLAGS, createMode)) as number, path, open: true, fsType: 0 };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
@@ -1054,7 +1074,7 @@ function* nameTemp(temp: Temp, target: Target, durable: boolean): Plan<void> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      yield sys("linkAnonymous", temp.fd, path);
+      yield (sys) => sys.linkAnonymous(temp.fd, path);
       temp.path = path;
       break;
     } catch (error) {
@@ -1062,7 +1082,7 @@ function* nameTemp(temp: Temp, target: Target, durable: boolean): Plan<void> {
     }
   }
   // btrfs may not persist an fsync of a file that had no name yet: flush it again now it has one.
-  if (durable && temp.fsType === BTRFS_MAGIC) yield sys("fdatasync", temp.fd);
+  if (durable && temp.fsType === BTRFS_MAGIC) yield (sys) => sys.fdatasync(temp.fd);
 }
 
 function tempName(target: Target): string {
@@ -1091,7 +1111,7 @@ function randomHex(): string {
 /** Step 3: every byte, resuming short writes. */
 function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
   for (;;) {
-    const next = (yield sys("next", chunks)) as IteratorResult<Uint8Array>;
+    const next = (yield (sys) => sys.next(chunks)) as IteratorResult<Uint8Array>;
     if (next.done) return;
     yield* writeChunk(temp, next.value);
   }
@@ -1100,7 +1120,7 @@ function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
 function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
   const op = isInMemory(temp.fsType) ? "writeInMemory" : "write";
   for (let offset = 0; offset < chunk.byteLength; ) {
-    const written = (yield sys(op, temp.fd, chunk, offset, chunk.byteLength - offset)) as number;
+    const written = (yield (sys) => sys[op](temp.fd, chunk, offset, chunk.byteLength - offset)) as number;
     // A regular file that accepts nothing would make this loop spin forever.
     if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
     offset += written;
@@ -1116,21 +1136,21 @@ function* applyOwnerAndMode(fd: number, target: Target, mode: number | undefined
   const old = target.existing;
   if (old) {
     try {
-      yield sys("fchown", fd, old.uid, old.gid);
+      yield (sys) => sys.fchown(fd, old.uid, old.gid);
     } catch {
       // Not allowed to give the file away: keep at least the group where that is allowed.
-      yield quietly("fchown", fd, -1, old.gid);
+      yield quietly((sys) => sys.fchown(fd, -1, old.gid));
     }
   }
-  if (mode !== undefined) yield sys("fchmod", fd, mode);
+  if (mode !== undefined) yield (sys) => sys.fchmod(fd, mode);
 }
 
 /** Step 6, with clean-up: a failed rename leaves the temp behind unless it is removed here. */
 function* replaceTarget(staged: Staged): Plan<void> {
   try {
-    yield sys("rename", staged.temp, staged.target);
+    yield (sys) => sys.rename(staged.temp, staged.target);
   } catch (error) {
-    yield quietly("unlink", staged.temp);
+    yield quietly((sys) => sys.unlink(staged.temp));
     throw error;
   }
 }
@@ -1139,11 +1159,11 @@ function* replaceTarget(staged: Staged): Plan<void> {
 function* syncDirectory(directory: string, fsType: number): Plan<void> {
   if (process.platform === "win32") return; // Windows cannot open a directory for fsync: NTFS journals renames
   try {
-    const fd = (yield sys("open", directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0)) as number;
+    const fd = (yield (sys) => sys.open(directory, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0)) as number;
     try {
       yield flush(fd, isInMemory(fsType));
     } finally {
-      yield quietly("close", fd);
+      yield quietly((sys) => sys.close(fd));
     }
   } catch (error) {
     (error as AtomicWriteError).published = true;
@@ -1407,7 +1427,7 @@ function directoryTraits(directory: string): DirectoryTraits {
  */
 function* refuseAppendOnly(traits: DirectoryTraits, target: Target): Plan<void> {
   try {
-    traits.appendOnly ??= (yield sys("appendOnly", target.directory)) as boolean;
+    traits.appendOnly ??= (yield (sys) => sys.appendOnly(target.directory)) as boolean;
   } catch {
     return;
   }
@@ -1430,7 +1450,7 @@ function isInMemory(fsType: number): boolean {
  * inline: a hop to the thread pool would cost more than the call.
  */
 function flush(fd: number, inMemory: boolean): Call {
-  return sys(inMemory ? "fsyncInline" : "fsync", fd);
+  return inMemory ? (sys) => sys.fsyncInline(fd) : (sys) => sys.fsync(fd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1458,19 +1478,19 @@ function* compareWithTarget(
   if (length !== undefined && length !== old.size) return undefined;
   let fd: number;
   try {
-    fd = (yield sys("open", target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0)) as number;
+    fd = (yield (sys) => sys.open(target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0)) as number;
   } catch {
     return undefined; // a target we may not read is simply replaced
   }
   try {
-    const size = ((yield sys("fstat", fd)) as FileInfo).size;
+    const size = ((yield (sys) => sys.fstat(fd)) as FileInfo).size;
     const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(size, 1)));
     let matched = 0;
     for (;;) {
-      const next = (yield sys("next", chunks)) as IteratorResult<Uint8Array>;
+      const next = (yield (sys) => sys.next(chunks)) as IteratorResult<Uint8Array>;
       if (next.done) {
         if (matched === size) {
-          yield quietly("close", fd);
+          yield quietly((sys) => sys.close(fd));
           return "unchanged";
         }
         return { fd, matched };
@@ -1479,7 +1499,7 @@ function* compareWithTarget(
       matched += next.value.byteLength;
     }
   } catch (error) {
-    yield quietly("close", fd);
+    yield quietly((sys) => sys.close(fd));
     throw error;
   }
 }
@@ -1487,7 +1507,7 @@ function* compareWithTarget(
 function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Buffer): Plan<boolean> {
   for (let offset = 0; offset < chunk.byteLength; ) {
     const want = Math.min(scratch.byteLength, chunk.byteLength - offset);
-    const got = (yield sys("read", fd, scratch, 0, want, position + offset)) as number;
+    const got = (yield (sys) => sys.read(fd, scratch, 0, want, position + offset)) as number;
     if (got === 0) return false;
     if (Buffer.compare(scratch.subarray(0, got), chunk.subarray(offset, offset + got)) !== 0) return false;
     offset += got;
@@ -1500,7 +1520,7 @@ function* copyPrefix(replay: Replay, temp: Temp): Plan<void> {
   const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(replay.matched, 1)));
   for (let position = 0; position < replay.matched; ) {
     const want = Math.min(scratch.byteLength, replay.matched - position);
-    const got = (yield sys("read", replay.fd, scratch, 0, want, position)) as number;
+    const got = (yield (sys) => sys.read(replay.fd, scratch, 0, want, position)) as number;
     if (got === 0) throw systemError("EIO", "the target shrank while it was being compared", "read", undefined);
     yield* writeChunk(temp, scratch.subarray(0, got));
     position += got;
