@@ -56,28 +56,34 @@ function parse(args: string[]): Command {
 }
 
 /**
- * `bun cli.ts -- -name` hands the script only "-name": Bun takes the first "--" after a script's
- * name for its own. The compiled binary sees it. So on a usage error, the arguments are read again
- * as typed (Linux keeps them in /proc/self/cmdline) and, if Bun removed a "--", parsed again.
+ * `bun cli.ts -- --help` hands the script only "--help": Bun takes a "--" right after a script's
+ * name for its own, where the compiled binary sees every argument. So from source, when an argument
+ * starts with a dash, they are read again as typed (Linux keeps them in /proc/self/cmdline) and, if
+ * Bun removed a "--", parsed as typed; unless only the arguments as given parse: `bun cli.ts -- --
+ * -name`, the form that works where they cannot be read again.
  */
 function parseAsTyped(args: string[]): Command {
+  const typed = !COMPILED && args.some((arg) => arg.startsWith("-")) ? withBunsDoubleDash(args) : undefined;
+  const command = (typed && parsed(typed)) ?? parse(args);
+  if (command.kind === "write") refuseUndecodable(command.path);
+  return command;
+}
+
+/** The compiled binary's script lives in Bun's embedded file system. */
+const COMPILED = /^(\/\$bunfs\/|[A-Za-z]:[\\/]~BUN[\\/])/.test(process.argv[1] ?? "");
+
+function parsed(args: string[]): Command | undefined {
   try {
     return parse(args);
   } catch (error) {
-    const typed = error instanceof UsageError ? withBunsDoubleDash(args) : undefined;
-    if (typed === undefined) throw error;
-    return parse(typed);
+    if (error instanceof UsageError) return undefined;
+    throw error;
   }
 }
 
 function withBunsDoubleDash(args: string[]): string[] | undefined {
-  let raw: string[];
-  try {
-    const fs = process.getBuiltinModule("node:fs") as typeof import("node:fs");
-    raw = fs.readFileSync("/proc/self/cmdline", "utf8").split("\0").slice(0, -1);
-  } catch {
-    return undefined; // not Linux, or no /proc: as Bun gave them
-  }
+  const raw = typedArguments()?.map((arg) => arg.toString("utf8"));
+  if (raw === undefined) return undefined; // not Linux, or no /proc: as Bun gave them
   const tail = raw.slice(-(args.length + 1));
   const removed = tail.indexOf("--");
   if (removed < 0 || tail.length !== args.length + 1) return undefined;
@@ -85,10 +91,44 @@ function withBunsDoubleDash(args: string[]): string[] | undefined {
   return without.every((arg, index) => arg === args[index]) ? tail : undefined;
 }
 
+/**
+ * Bun decodes the arguments as UTF-8, and a byte that is not UTF-8 becomes U+FFFD: the path would
+ * then name another file, which the write would create or replace. A path typed with such bytes is
+ * refused, as the library refuses a Buffer path that is not UTF-8 (one holding U+FFFD itself is fine).
+ */
+function refuseUndecodable(path: string): void {
+  if (!path.includes("\uFFFD")) return;
+  const { isUtf8 } = process.getBuiltinModule("node:buffer") as typeof import("node:buffer");
+  if (typedArguments()?.some((arg) => !isUtf8(arg) && arg.toString("utf8") === path)) {
+    throw new UsageError(`<path> is not valid UTF-8, so '${path}' would name another file`);
+  }
+}
+
+/** The arguments as typed, as bytes (Linux), or undefined. */
+function typedArguments(): Buffer[] | undefined {
+  let cmdline: Buffer;
+  try {
+    const fs = process.getBuiltinModule("node:fs") as typeof import("node:fs");
+    cmdline = fs.readFileSync("/proc/self/cmdline");
+  } catch {
+    return undefined;
+  }
+  const args: Buffer[] = [];
+  for (let start = 0; start < cmdline.length; ) {
+    const nul = cmdline.indexOf(0, start);
+    const end = nul < 0 ? cmdline.length : nul;
+    args.push(cmdline.subarray(start, end));
+    start = end + 1;
+  }
+  return args;
+}
+
 function parseMode(text: string): number {
   const digits = text.replace(/^0o/i, "");
-  if (!/^[0-7]{1,4}$/.test(digits)) throw new UsageError(`--mode must be octal from 0 to 7777, got '${text}'`);
-  return Number.parseInt(digits, 8);
+  // Any number of leading zeros, as chmod takes them: 04755 is how a setuid mode is often written.
+  const mode = /^[0-7]+$/.test(digits) ? Number.parseInt(digits, 8) : Number.NaN;
+  if (!(mode <= 0o7777)) throw new UsageError(`--mode must be octal from 0 to 7777, got '${text}'`);
+  return mode;
 }
 
 const STDIN = 0;

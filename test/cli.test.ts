@@ -198,6 +198,46 @@ describe("atomic-write writes standard input to the path", () => {
     const unknown = spawnSync(BUN, [script, "-dashed"], { cwd: dir, input: "x", encoding: "utf8" });
     expect(unknown.status).toBe(2); // without --, still an unknown option
   });
+
+  test("from source too, a name after -- is a path even when it reads as --help or --version", () => {
+    const dir = tempDir("cli-");
+    const script = join(ROOT, "cli.ts");
+    for (const name of ["--help", "-h", "--version", "-V"]) {
+      const result = spawnSync(BUN, [script, "--", name], { cwd: dir, input: `${name}\n`, encoding: "utf8" });
+      expect([result.status, result.stdout, result.stderr]).toEqual([0, "", ""]);
+      expect(fs.readFileSync(join(dir, name), "utf8")).toBe(`${name}\n`);
+    }
+    // The form that also works where the arguments cannot be read as typed: -- for Bun, -- for the CLI.
+    const doubled = spawnSync(BUN, [script, "--", "--", "-doubled"], { cwd: dir, input: "x", encoding: "utf8" });
+    expect([doubled.status, doubled.stderr]).toEqual([0, ""]);
+    expect(fs.readFileSync(join(dir, "-doubled"), "utf8")).toBe("x");
+  });
+
+  test("refuses a path that is not valid UTF-8 (exit 2), rather than write a file of another name", () => {
+    const dir = fs.realpathSync(tempDir("cli-"));
+    // Raw bytes through the shell: "lat" and 0xE9 (Latin-1 é), which Bun would read as U+FFFD.
+    const raw = (command: string, input = "") =>
+      spawnSync("sh", ["-c", command, dir, binary, join(ROOT, "cli.ts"), BUN], { input, encoding: "utf8" });
+    expect(raw('printf old > "$0/$(printf "lat\\351")"').status).toBe(0);
+    const names = () => fs.readdirSync(dir, { encoding: "buffer" }).map((name) => name.toString("hex"));
+    expect(names()).toEqual(["6c6174e9"]);
+    for (const command of ['exec "$1" "$0/$(printf "lat\\351")"', 'exec "$3" "$2" "$0/$(printf "lat\\351")"']) {
+      const result = raw(command, "new\n");
+      expect(result.status).toBe(2);
+      const errors = lines(result.stderr);
+      expect(errors).toHaveLength(1);
+      expect(errors[0]).toContain("not valid UTF-8");
+      expect(names()).toEqual(["6c6174e9"]);
+      expect(raw('cat "$0/$(printf "lat\\351")"').stdout).toBe("old");
+    }
+  });
+
+  test("still writes a name that holds U+FFFD itself, which is valid UTF-8", () => {
+    const dir = fs.realpathSync(tempDir("cli-"));
+    const result = cli([join(dir, "lat\uFFFD")], "replacement\n");
+    expect([result.status, result.stderr]).toEqual([0, ""]);
+    expect(fs.readdirSync(dir, { encoding: "buffer" }).map((name) => name.toString("hex"))).toEqual(["6c6174efbfbd"]);
+  });
 });
 
 describe("atomic-write sets the file's mode", () => {
@@ -208,6 +248,8 @@ describe("atomic-write sets the file's mode", () => {
     [["--mode", "4755"], 0o077, 0o4755],
     [["--mode", "0o7777"], 0o777, 0o7777],
     [["--mode", "0"], 0o000, 0o000],
+    [["--mode", "04755"], 0o022, 0o4755],
+    [["--mode", "000644"], 0o022, 0o644],
   ] as const)("applies %p exactly, whatever the umask (%o)", (args, umask, expected) => {
     const { target } = withTarget("old\n", 0o604);
     const result = cli([...args, target], "moded\n", { umask });
@@ -257,6 +299,7 @@ describe("atomic-write usage errors exit 2 with one line on stderr and touch not
     ["two paths", ["TARGET", "OTHER"]],
     ["mode '9' (not octal)", ["--mode", "9", "TARGET"]],
     ["mode '10000' (above 7777)", ["--mode", "10000", "TARGET"]],
+    ["mode '017777' (above 7777 after its leading zero)", ["--mode", "017777", "TARGET"]],
     ["mode 'abc'", ["--mode", "abc", "TARGET"]],
     ["--mode without a value", ["TARGET", "--mode"]],
     ["an unknown option", ["--frobnicate", "TARGET"]],
