@@ -672,10 +672,21 @@ function later(build: () => Request): Promise<void> {
   try {
     request = build();
     key = fileKey(request.path);
+    anchor(request);
   } catch (error) {
     return Promise.reject(error);
   }
   return enqueue([key], () => withScratch(request.units, (scratch) => writeAsync(request, scratch)));
+}
+
+/**
+ * An async write runs later, perhaps after the process has changed directory: a relative path is
+ * tied to the working directory of the call, as its place in the queue already is. Prefixed, not
+ * normalised: "link/.." must still go through the link.
+ */
+function anchor(request: Request): void {
+  if (isAbsolute(request.path)) return;
+  request.path = process.platform === "win32" ? resolvePath(request.path) : `${process.cwd()}/${request.path}`;
 }
 
 async function writeAsync(request: Request, scratch: Buffer | undefined): Promise<void> {
@@ -810,6 +821,7 @@ export function atomicWriteManyAsync(entries: BatchEntry[], options?: BatchOptio
   let batch: ReturnType<typeof batchRequests>;
   try {
     batch = batchRequests(entries, options);
+    for (const request of batch.requests) anchor(request);
   } catch (error) {
     return Promise.reject(error);
   }

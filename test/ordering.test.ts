@@ -308,6 +308,40 @@ describe("ordering around writes that fail or that settle before the next call",
   });
 });
 
+describe("async writes to a relative path", () => {
+  test("go where the working directory was at the call, though it changes before they run", async () => {
+    const [callDir, laterDir] = [fs.realpathSync(tempDir("cwd-call-")), fs.realpathSync(tempDir("cwd-later-"))];
+    fs.mkdirSync(join(callDir, "sub"));
+    const home = process.cwd();
+    let pending: Promise<void>[];
+    process.chdir(callDir);
+    try {
+      pending = [
+        atomicWriteTextAsync("single", "single"),
+        atomicWriteBytesAsync("sub/bytes", Buffer.from("bytes")),
+        atomicWriteStream("stream", ["str", "eam"]),
+        atomicWriteManyAsync([
+          { path: "batch-a", data: "a" },
+          { path: "./sub/batch-b", data: "b" },
+        ]),
+      ];
+      process.chdir(laterDir);
+    } finally {
+      process.chdir(home);
+    }
+    await Promise.all(pending);
+    expect(fs.readdirSync(laterDir)).toEqual([]);
+    const read = (name: string) => fs.readFileSync(join(callDir, name), "utf8");
+    expect([read("single"), read("sub/bytes"), read("stream"), read("batch-a"), read("sub/batch-b")]).toEqual([
+      "single",
+      "bytes",
+      "stream",
+      "a",
+      "b",
+    ]);
+  });
+});
+
 describe("async writes to different files at once", () => {
   test("each keeps its own bytes when large texts and large string chunks are encoded side by side", async () => {
     const dir = tempDir("order-side-");
