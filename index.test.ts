@@ -560,6 +560,18 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
 
   // ---------------------------------------------------------------------------------------------
 
+  /** `buffer`, detached: its memory transferred to a clone, as postMessage does. */
+  function detached(buffer: ArrayBuffer): ArrayBuffer {
+    structuredClone(buffer, { transfer: [buffer] });
+    return buffer;
+  }
+
+  function viewOfDetached(): Uint8Array {
+    const view = new Uint8Array(8);
+    detached(view.buffer);
+    return view;
+  }
+
   describe.each(rows(VARIANTS))("%s rejects bad arguments before touching the disk", (_name, v) => {
     const good = v.kind === "text" ? "new" : Buffer.from("new");
     const badData: [string, unknown][] =
@@ -577,6 +589,9 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
             ["a string", "text"],
             ["a plain object", { length: 1, 0: 1 }],
             ["an array of numbers", [1, 2]],
+            // Read as empty: writing one would replace the file with nothing.
+            ["a detached ArrayBuffer", detached(new ArrayBuffer(8))],
+            ["a view of a detached ArrayBuffer", viewOfDetached()],
           ];
     const badModes: [string, unknown][] = [
       ["a fraction", 1.5],

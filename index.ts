@@ -225,10 +225,19 @@ function encodingOf(options: unknown): BufferEncoding {
 }
 
 function asBytes(data: unknown): Uint8Array | undefined {
+  const memory =
+    data instanceof ArrayBuffer || data instanceof SharedArrayBuffer
+      ? data
+      : ArrayBuffer.isView(data)
+        ? data.buffer
+        : undefined;
+  if (memory === undefined) return undefined;
+  // Memory transferred away (postMessage) reads as empty: written, it would empty the file.
+  if ((memory as { detached?: boolean }).detached) {
+    throw new TypeError("data must not be a detached ArrayBuffer, nor a view of one");
+  }
   if (data instanceof Uint8Array) return data;
-  if (data instanceof ArrayBuffer || data instanceof SharedArrayBuffer) return new Uint8Array(data);
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  return undefined;
+  return ArrayBuffer.isView(data) ? new Uint8Array(memory, data.byteOffset, data.byteLength) : new Uint8Array(memory);
 }
 
 function describe(value: unknown): string {
