@@ -313,10 +313,9 @@ describe("async writes to a relative path", () => {
     const [callDir, laterDir] = [fs.realpathSync(tempDir("cwd-call-")), fs.realpathSync(tempDir("cwd-later-"))];
     fs.mkdirSync(join(callDir, "sub"));
     const home = process.cwd();
-    let pending: Promise<void>[];
     process.chdir(callDir);
     try {
-      pending = [
+      const pending = [
         atomicWriteTextAsync("single", "single"),
         atomicWriteBytesAsync("sub/bytes", Buffer.from("bytes")),
         atomicWriteStream("stream", ["str", "eam"]),
@@ -326,10 +325,10 @@ describe("async writes to a relative path", () => {
         ]),
       ];
       process.chdir(laterDir);
+      await Promise.all(pending); // here, so that a write going astray lands in laterDir, not in home
     } finally {
       process.chdir(home);
     }
-    await Promise.all(pending);
     expect(fs.readdirSync(laterDir)).toEqual([]);
     const read = (name: string) => fs.readFileSync(join(callDir, name), "utf8");
     expect([read("single"), read("sub/bytes"), read("stream"), read("batch-a"), read("sub/batch-b")]).toEqual([
