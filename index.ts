@@ -498,6 +498,8 @@ const ops = {
   linkAnonymous: (_fd: number, path: string): void => {
     throw systemError("ENOSYS", "anonymous temp files need libc", "linkat", path);
   },
+  /** Runs a plan of its own with this driver (see `nested`). */
+  run: <T>(plan: Plan<T>): T => runSync(plan),
   /** Pulls the next chunk of the data (not a system call: the source may be asynchronous). */
   next: (chunks: Chunks): IteratorResult<Uint8Array> => chunks.next() as IteratorResult<Uint8Array>,
 };
@@ -528,6 +530,15 @@ function quietly(call: Call): Call {
       return undefined;
     }
   };
+}
+
+/**
+ * A step that runs a whole plan of its own, with the same driver: for the loops over chunks. Run
+ * with yield*, each chunk resumed every generator around them too, and the runtime then compiled
+ * those as well: in a process that streams 1 GiB, that cost about 4 MiB of peak memory.
+ */
+function nested<T>(plan: Plan<T>): Call {
+  return (sys) => sys.run(plan);
 }
 
 /** Errors thrown by the caller's own source: they reach the caller as the very same, untouched objects. */
@@ -584,6 +595,7 @@ function pooled(calls: Ops): Syscalls {
       const written = calls.writeInMemory(fd, data, offset, length);
       return length < BIG_IO ? written : new Promise<number>((resolve) => setImmediate(() => resolve(written)));
     },
+    run: <T>(plan: Plan<T>) => runAsync(plan),
     // Only this driver pulls a caller's own source (every stream is async).
     next: async (chunks: Chunks) => {
       try {
@@ -941,7 +953,9 @@ function* stage(request: Request, chunks: Chunks, renamedNext: boolean): Plan<St
   const target = yield* resolveTarget(request.path);
   const mode = request.mode ?? (target.existing ? target.existing.mode & 0o7777 : undefined);
   const replay =
-    request.ifChanged && target.existing ? yield* compareWithTarget(target, chunks, request.length, mode) : undefined;
+    request.ifChanged && target.existing
+      ? ((yield nested(compareWithTarget(target, chunks, request.length, mode))) as Replay | "unchanged" | undefined)
+      : undefined;
   if (replay === "unchanged") return undefined; // ifChanged: the target already holds exactly these bytes
   try {
     return yield* stageTemp(request, target, mode, chunks, replay, renamedNext);
@@ -965,8 +979,8 @@ function* stageTemp(
   try {
     // Probed once per directory: not a generator of its own, which cost more than the lookup.
     temp.fsType = traits.fsType ??= (yield (sys) => sys.statfsType(target.directory)) as number;
-    if (replay) yield* copyPrefix(replay, temp);
-    yield* writeAll(temp, chunks);
+    if (replay) yield nested(copyPrefix(replay, temp));
+    yield nested(writeAll(temp, chunks));
     yield* applyOwnerAndMode(temp.fd, target, mode);
     if (request.durable) yield flush(temp.fd, isInMemory(temp.fsType));
     const anonymous = temp.path === undefined;
