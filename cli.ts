@@ -203,17 +203,11 @@ async function main(args: string[]): Promise<number> {
     command = parseAsTyped(args);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    say(2, `atomic-write: ${error.message} (try 'atomic-write --help')\n`);
+    say(`atomic-write: ${error.message} (try 'atomic-write --help')\n`);
     return 2;
   }
-  if (command.kind === "help") {
-    say(1, USAGE);
-    return 0;
-  }
-  if (command.kind === "version") {
-    say(1, `atomic-write ${version}\n`);
-    return 0;
-  }
+  if (command.kind === "help") return print(USAGE);
+  if (command.kind === "version") return print(`atomic-write ${version}\n`);
   const [{ atomicWriteStream }, { readSync }] = await Promise.all([import("./index.ts"), import("node:fs")]);
   try {
     await atomicWriteStream(command.path, standardInput(readSync), { mode: command.mode });
@@ -222,25 +216,37 @@ async function main(args: string[]): Promise<number> {
     const failure = error as AtomicWriteError;
     const text = failure.message ?? String(error);
     if (failure.published) {
-      say(2, `atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
+      say(`atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
       return 3;
     }
     // The library's own errors name the path quoted; a failed read of stdin does not.
     const named = text.includes(`'${command.path}'`) ? text : `'${command.path}': ${text}`;
-    say(2, `atomic-write: ${named}; nothing was written\n`);
+    say(`atomic-write: ${named}; nothing was written\n`);
     return 1;
   }
 }
 
 /**
- * The console, not process.stdout (whose set-up would double the start-up time) nor node:fs. An
- * error is one line on stderr, even when the path or the reason holds a line break: control
+ * Help and version go out through Bun.write, which reports a failed write (a full disk): the
+ * console drops it, and GNU tools then exit 1. Neither it nor the console costs what the set-up of
+ * process.stdout or loading node:fs would at start-up.
+ */
+async function print(text: string): Promise<number> {
+  try {
+    await Bun.write(Bun.stdout, text);
+    return 0;
+  } catch (error) {
+    say(`atomic-write: cannot write standard output: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
+/**
+ * An error is one line on stderr, even when the path or the reason holds a line break: control
  * characters are shown escaped, as in a JSON string.
  */
-function say(fd: 1 | 2, text: string): void {
-  const line = text.endsWith("\n") ? text.slice(0, -1) : text;
-  if (fd === 1) console.log(line);
-  else console.error(escapeControls(line));
+function say(text: string): void {
+  console.error(escapeControls(text.endsWith("\n") ? text.slice(0, -1) : text));
 }
 
 function escapeControls(text: string): string {

@@ -291,6 +291,22 @@ describe("atomic-write --help and --version", () => {
     expect(result.stdout).toBe(`atomic-write ${version}\n`);
     expect(result.stderr).toBe("");
   });
+
+  test.each([["--help"], ["--version"]])(
+    "%s exits 1 with one line on stderr when standard output cannot be written (a full device)",
+    (flag) => {
+      const full = fs.openSync("/dev/full", "w");
+      try {
+        const result = spawnSync(binary, [flag], { stdio: ["ignore", full, "pipe"], encoding: "utf8" });
+        expect(result.status).toBe(1);
+        expect(lines(result.stderr)).toEqual([
+          expect.stringMatching(/^atomic-write: cannot write standard output: .*ENOSPC/),
+        ]);
+      } finally {
+        fs.closeSync(full);
+      }
+    },
+  );
 });
 
 describe("atomic-write usage errors exit 2 with one line on stderr and touch nothing", () => {
