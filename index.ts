@@ -797,13 +797,21 @@ async function writeAsync(request: Request, scratch: Buffer | undefined): Promis
   try {
     await runAsync(writePlan(request, chunks));
   } catch (error) {
-    // A source we stopped reading early gets to release what it holds (a socket, a file).
-    try {
-      await chunks.return?.();
-    } catch {
-      // The write's own error is the one to report.
-    }
+    releaseSource(chunks);
     throw error;
+  }
+}
+
+/**
+ * A source we stopped reading early gets to release what it holds (a socket, a file). Not awaited:
+ * a return() that never settles would hold back the write's rejection, and with it every later
+ * write to the same file. Its own failure is not the news: the write's error is.
+ */
+function releaseSource(chunks: Chunks): void {
+  try {
+    Promise.resolve(chunks.return?.()).catch(() => undefined);
+  } catch {
+    // return() threw at once.
   }
 }
 

@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { join } from "node:path";
-import { atomicWriteStream } from "../index.ts";
+import { atomicWriteStream, atomicWriteTextAsync } from "../index.ts";
 import {
   BUN,
   cleanup,
@@ -477,6 +477,40 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       expect([error.code, error.message]).toEqual(["ENOENT", expect.stringContaining(missing)]);
       expect(returned).toBe(2); // it was asked to release, and its failure to do so is not the news
       expect(snapshot(dir)).toEqual(before);
+    });
+
+    test("rejects, and lets later writes to the file go on, even when the source's return() never settles", async () => {
+      const dir = tempDir("stream-");
+      const target = join(dir, "target.bin");
+      fs.writeFileSync(target, "previous contents\n");
+      const sourceError = new Error("the source failed");
+      let returned = 0;
+      const source: AsyncIterable<Uint8Array> = {
+        [Symbol.asyncIterator]: () => {
+          let pulled = 0;
+          return {
+            next: async () => {
+              if (pulled++ < 2) return { done: false, value: pattern(100 * KIB, pulled) };
+              throw sourceError;
+            },
+            return: () => {
+              returned++;
+              return new Promise<IteratorResult<Uint8Array>>(() => {}); // a release that hangs
+            },
+          };
+        },
+      };
+      const failed = atomicWriteStream(target, source);
+      const next = atomicWriteTextAsync(target, "next contents\n"); // queued behind the failed write
+      const outcome = await Promise.race([
+        rejectionOf(failed),
+        new Promise((resolve) => setTimeout(() => resolve("still pending after 5 s"), 5000)),
+      ]);
+      expect(outcome).toBe(sourceError);
+      expect(returned).toBe(1);
+      await next; // (the failed write's own clean-up is checked by the tests above)
+      expect(fs.readFileSync(target, "utf8")).toBe("next contents\n");
+      expect(fs.readdirSync(dir)).toEqual(["target.bin"]);
     });
 
     test.skipIf(!isRoot)(
