@@ -784,12 +784,41 @@ function later(build: () => Request): Promise<void> {
 
 /**
  * An async write runs later, perhaps after the process has changed directory: a relative path is
- * tied to the working directory of the call, as its place in the queue already is. Prefixed, not
- * normalised: "link/.." must still go through the link.
+ * tied to the working directory of the call, as its place in the queue already is, by prefixing it
+ * with that directory's path (not normalised: "link/.." must still go through the link). Unless
+ * that path would not reach it: a process may not be allowed through the directories above its own
+ * (a daemon that dropped its privileges in /root/app), or the temp's path may exceed PATH_MAX. The path
+ * then stays as given, as for a sync write, and only a change of directory before the write ends
+ * could send it elsewhere.
  */
 function anchor(request: Request): void {
   if (isAbsolute(request.path)) return;
-  request.path = process.platform === "win32" ? resolvePath(request.path) : `${process.cwd()}/${request.path}`;
+  const cwd = reachableWorkingDirectory();
+  if (cwd === undefined) return;
+  const anchored = process.platform === "win32" ? resolvePath(cwd, request.path) : `${cwd}/${request.path}`;
+  if (Buffer.byteLength(anchored) + TEMP_NAME_EXTRA < PATH_MAX) request.path = anchored;
+}
+
+let lastWorkingDirectory: { path: string; reachable: boolean } | undefined;
+
+/** The working directory, if its path can be followed to it (asked once per directory). */
+function reachableWorkingDirectory(): string | undefined {
+  let path: string;
+  try {
+    path = process.cwd();
+  } catch {
+    return undefined; // removed: the write itself reports what fails (ENOENT)
+  }
+  if (lastWorkingDirectory?.path !== path) {
+    let reachable = true;
+    try {
+      fs.accessSync(path, fs.constants.X_OK);
+    } catch {
+      reachable = false;
+    }
+    lastWorkingDirectory = { path, reachable };
+  }
+  return lastWorkingDirectory.reachable ? path : undefined;
 }
 
 async function writeAsync(request: Request, scratch: Buffer | undefined): Promise<void> {
@@ -835,13 +864,23 @@ function fileKey(path: string): string {
   try {
     target = runSync(resolveTarget(path));
   } catch {
-    return resolvePath(path); // the write itself will report the error, in its turn
+    return plainKey(path); // the write itself will report the error, in its turn
   }
   try {
     return `${realDirectory(target.directory)}/${target.name}`;
   } catch {
-    // Only a path with no "/" at all (a Windows drive path) can leave realDirectory no ancestor.
-    return resolvePath(target.path);
+    // A path with no "/" at all (a Windows drive path) leaves realDirectory no ancestor, and a
+    // removed working directory no name.
+    return plainKey(target.path);
+  }
+}
+
+/** The path made absolute, where the working directory can be named: a key, not a place to write. */
+function plainKey(path: string): string {
+  try {
+    return resolvePath(path);
+  } catch {
+    return path; // a removed working directory has no name
   }
 }
 
@@ -1166,6 +1205,8 @@ interface Temp {
 
 const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 const NAME_ROOM = 64; // bytes of the target's name kept in the temp's name: far below any NAME_MAX
+/** Bytes a temp's name may add to its target's: a dot before it, then a dot, 12 hex digits, ".tmp". */
+const TEMP_NAME_EXTRA = 18;
 
 /** Step 2: an exclusive temp in the target's own directory (a rename across filesystems is not atomic). */
 function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
@@ -1178,8 +1219,13 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
       const fd = (yield (sys) => sys.openAnonymous(directory, createMode)) as number | undefined;
       if (fd !== undefined) return { fd, open: true, fsType: 0 };
     } catch (error) {
-      if (!NO_ANONYMOUS_TEMPS.has((error as NodeJS.ErrnoException).code as string)) throw error;
-      directoryTraits(directory).anonymous = false;
+      const code = (error as NodeJS.ErrnoException).code as string;
+      // ext4 refuses O_TMPFILE in a removed directory with EPERM, where a create says ENOENT: the
+      // named temp's attempt tells which it is, and fails with its own code if it fails too.
+      if (code !== "EPERM") {
+        if (!NO_ANONYMOUS_TEMPS.has(code)) throw error;
+        directoryTraits(directory).anonymous = false;
+      }
     }
   }
   for (let attempt = 0; ; attempt++) {

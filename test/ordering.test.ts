@@ -18,17 +18,21 @@ import {
 } from "../index.ts";
 import {
   BUN,
+  childRequest,
   cleanup,
   has,
   injecting,
   isRoot,
   mountTmpfs,
+  NOBODY,
   ROOT,
+  ROOT_ONLY,
   TEMP_KINDS,
   TIMEOUT_MS,
   tempDir,
   tempResidue,
   useTempKind,
+  writeInChild,
 } from "./helpers.ts";
 
 setDefaultTimeout(TIMEOUT_MS);
@@ -338,6 +342,59 @@ describe("async writes to a relative path", () => {
       "a",
       "b",
     ]);
+  });
+});
+
+describe("relative paths, when the working directory is out of the ordinary", () => {
+  const FUNCTIONS = ["atomicWriteText", "atomicWriteTextAsync", "atomicWriteBytesAsync", "atomicWriteStream"] as const;
+  /** Prefixes a child's command so that it starts in `dir` (and removes it first, with `remove`). */
+  const startIn = (dir: string, remove = false) => [
+    "sh",
+    "-c",
+    `cd "$0" && ${remove ? 'rmdir "$0" && ' : ""}exec "$@"`,
+    dir,
+  ];
+
+  test.skipIf(!isRoot).each(FUNCTIONS)(
+    `%s needs no search permission on the ancestors of the working directory, as open(2) does not (${ROOT_ONLY})`,
+    (fn) => {
+      // A daemon started in /root/app that then dropped its privileges: its own directory is open
+      // to it, the directories above it are not.
+      const ancestor = tempDir("cwd-closed-");
+      const inner = join(ancestor, "inner");
+      fs.mkdirSync(inner, { mode: 0o777 });
+      fs.chmodSync(inner, 0o777);
+      fs.chmodSync(ancestor, 0o700);
+      const result = writeInChild(childRequest(fn, "file", "new"), { user: NOBODY, wrap: startIn(inner) });
+      expect(result.raw.stderr).toBe("");
+      expect(result).toMatchObject({ ok: true });
+      expect(fs.readFileSync(join(inner, "file"), "utf8")).toBe("new");
+      expect(fs.readdirSync(inner)).toEqual(["file"]);
+    },
+  );
+
+  test.each(FUNCTIONS)("%s writes in a working directory whose path is near PATH_MAX, as open(2) does", (fn) => {
+    let deep = tempDir("cwd-deep-");
+    while (Buffer.byteLength(deep) < 4080) deep = join(deep, "d".repeat(Math.min(200, 4080 - deep.length)));
+    fs.mkdirSync(deep, { recursive: true });
+    const result = writeInChild(childRequest(fn, "file", "new"), { wrap: startIn(deep) });
+    expect(result).toMatchObject({ ok: true });
+    expect(fs.readFileSync(join(deep, "file"), "utf8")).toBe("new");
+    expect(fs.readdirSync(deep)).toEqual(["file"]);
+  });
+
+  describe.each(TEMP_KINDS)("with $name", ({ env }) => {
+    test.each(FUNCTIONS)("%s fails with ENOENT naming the path when the working directory was removed", (fn) => {
+      const gone = join(tempDir("cwd-gone-"), "removed");
+      fs.mkdirSync(gone);
+      const result = writeInChild(childRequest(fn, "file", "new"), {
+        wrap: startIn(gone, true),
+        env: env === undefined ? {} : { ATOMIC_WRITE_TMPFILE: env },
+      });
+      expect([result.ok, result.code]).toEqual([false, "ENOENT"]);
+      expect(result.message).toContain("'file'");
+      expect(fs.existsSync(gone)).toBe(false);
+    });
   });
 });
 
