@@ -951,6 +951,10 @@ function entryRequest(entry: BatchEntry, index: number, durable: boolean, ifChan
   const perEntry = { encoding, mode, durable, ifChanged };
   try {
     if (typeof data === "string") return textRequest(path, data, perEntry);
+    if (asBytes(data) === undefined) {
+      // bytesRequest would say bytes are wanted, where a string would do as well.
+      throw new TypeError(`data must be a string, Uint8Array, ArrayBuffer or ArrayBufferView, got ${describe(data)}`);
+    }
     if (encoding !== undefined) encodingOf(perEntry); // meaningless for bytes, but a bogus one is a mistake
     return bytesRequest(path, data, perEntry);
   } catch (error) {

@@ -385,10 +385,15 @@ describe.each(VARIANTS.map((v) => [v.name, v] as const))("%s refuses before writ
       [
         "data of a wrong type",
         "TypeError",
-        ["entries[1]", "data"],
+        ["entries[1]", "data must be a string, Uint8Array"],
         (good, path) => [withSecond(good, { path, data: 5 })],
       ],
-      ["data missing", "TypeError", ["entries[1]", "data"], (good, path) => [withSecond(good, { path })]],
+      [
+        "data missing",
+        "TypeError",
+        ["entries[1]", "data must be a string, Uint8Array"],
+        (good, path) => [withSecond(good, { path })],
+      ],
       [
         "a mode above 0o7777",
         "RangeError",
