@@ -216,7 +216,8 @@ async function main(args: string[]): Promise<number> {
     const failure = error as AtomicWriteError;
     const text = failure.message ?? String(error);
     if (failure.published) {
-      say(`atomic-write: '${command.path}' was written, but durability is unconfirmed: ${text}\n`);
+      const told = text.includes("durability is unconfirmed") && text.includes(`'${command.path}'`);
+      say(`atomic-write: ${told ? text : `'${command.path}' was written, but durability is unconfirmed: ${text}`}\n`);
       return 3;
     }
     // The library's own errors name the path quoted; a failed read of stdin does not.

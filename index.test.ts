@@ -941,6 +941,40 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
 
   // ---------------------------------------------------------------------------------------------
 
+  describe.each(rows(VARIANTS))("%s reports a write it could not make durable", (_name, v) => {
+    test.skipIf(!has("strace"))(
+      "as published: true with EIO when the directory's fsync fails, the new contents in place, and says so",
+      () => {
+        const dir = tempDir();
+        const path = join(dir, "target");
+        plant(path, "old contents", 0o640);
+        // -P keeps the injection to calls on the directory itself: the temp's own fsync succeeds.
+        const calls = "fsync,fdatasync";
+        const wrap = [
+          "strace",
+          "-f",
+          "-qq",
+          "-o",
+          "/dev/null",
+          "-P",
+          dir,
+          "-e",
+          `trace=${calls}`,
+          "-e",
+          `inject=${calls}:error=EIO`,
+        ];
+        const result = writeInChild({ fn: v.name, path, data: childPayload(v, "new") }, { wrap });
+        expect([result.ok, result.code, result.published]).toEqual([false, "EIO", true]);
+        expect(result.message).toStartWith(`EIO: wrote '${path}', but durability is unconfirmed (fsync`);
+        expectFileBytes(path, Buffer.from("new"));
+        expect(modeOf(path)).toBe(0o640);
+        expect(fs.readdirSync(dir)).toEqual(["target"]);
+      },
+    );
+  });
+
+  // ---------------------------------------------------------------------------------------------
+
   describe.each(rows(VARIANTS))("%s writes through symlinks", (_name, v) => {
     function expectLink(link: string, pointsTo: string): void {
       expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);

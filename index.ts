@@ -732,7 +732,11 @@ function blame(error: unknown, shown: string): unknown {
   blamed.add(error);
   const detail =
     system.path === undefined ? (system.syscall ?? "write") : `${system.syscall ?? "write"} '${system.path}'`;
-  system.message = `${system.code}: cannot write '${shown}' (${detail}: ${reason(system)})`;
+  // After the rename (the directory's fsync) the new contents are in place: the message says so.
+  const what = (error as AtomicWriteError).published
+    ? `wrote '${shown}', but durability is unconfirmed`
+    : `cannot write '${shown}'`;
+  system.message = `${system.code}: ${what} (${detail}: ${reason(system)})`;
   system.path = shown;
   return error;
 }
