@@ -411,7 +411,7 @@ function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encodin
 
 /**
  * Bun frees the chunks a source discards late: a fresh process let 30 MiB and more of them pile up,
- * so 1 GiB of fresh 1 MiB strings peaked at 70-95 MiB, over the 64 MiB SPEC allows. A full
+ * so 1 GiB of fresh 1 MiB strings peaked at 68-95 MiB, over the 64 MiB SPEC allows. A full
  * collection after every 8 MiB of chunks brought that under 60 MiB, in no more time (README,
  * "Streams"): the heap of such a process takes 1-4 ms to collect.
  */
@@ -790,10 +790,10 @@ function later(build: () => Request): Promise<void> {
  * An async write runs later, perhaps after the process has changed directory: a relative path is
  * tied to the working directory of the call, as its place in the queue already is, by prefixing it
  * with that directory's path (not normalised: "link/.." must still go through the link). Unless
- * that path would not reach it: a process may not be allowed through the directories above its own
- * (a daemon that dropped its privileges in /root/app), or the temp's path may exceed PATH_MAX. The path
- * then stays as given, as for a sync write, and only a change of directory before the write ends
- * could send it elsewhere.
+ * that path would not reach it: a process may not be allowed through the directories above its
+ * own (a daemon that dropped its privileges in /root/app), or the temp's path may exceed PATH_MAX.
+ * The path then stays as given, as for a sync write, and only a change of directory before the
+ * write ends could send it elsewhere.
  */
 function anchor(request: Request): void {
   if (isAbsolute(request.path)) return;
