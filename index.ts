@@ -540,6 +540,8 @@ interface FileInfo {
   uid: number;
   gid: number;
   size: number;
+  /** fstat only: the modification time in nanoseconds, as text. */
+  modified?: string;
 }
 
 const S_IFMT = 0o170000;
@@ -555,7 +557,10 @@ const ops = {
   lstat: (path: string): FileInfo => fs.lstatSync(path),
   readlink: (path: string): string => fs.readlinkSync(path),
   open: (path: string, flags: number, mode: number): number => fs.openSync(path, flags, mode),
-  fstat: (fd: number): FileInfo => fs.fstatSync(fd),
+  fstat: (fd: number): FileInfo => {
+    const { mode, uid, gid, size, mtimeNs } = fs.fstatSync(fd, { bigint: true });
+    return { mode: Number(mode), uid: Number(uid), gid: Number(gid), size: Number(size), modified: String(mtimeNs) };
+  },
   statfsType: (path: string): number => fs.statfsSync(path).type,
   /** Whether names in this directory can be added but never removed (chattr +a); node:fs cannot tell. */
   appendOnly: (_directory: string): boolean => false,
@@ -744,8 +749,9 @@ function blame(error: unknown, shown: string): unknown {
 const blamed = new WeakSet<object>();
 
 function reason(error: NodeJS.ErrnoException): string {
-  // Bun's node:fs words some errors "unknown error" (EDQUOT among them): the table says what they are.
-  const known = ERRNO_TEXT[error.code as string];
+  // Bun's node:fs words some errors "unknown error" (EDQUOT among them): the table says what they
+  // are. The library's own errors already say it, some in words of their own.
+  const known = described.has(error) ? undefined : ERRNO_TEXT[error.code as string];
   if (known !== undefined) return known;
   const original = error.message.replace(/^[A-Z]+: /, "");
   return original.split(",")[0] as string;
@@ -1463,7 +1469,8 @@ function libcCalls({ FFIType, dlopen, read }: typeof import("bun:ffi")): Ops {
     },
     fstat: (fd) => {
       while (c.statx(fd, EMPTY, AT_EMPTY_PATH, STATX_BASIC_STATS, stat) < 0) failed("fstat");
-      return info();
+      // stx_mtime: tv_sec (i64) at 112, tv_nsec (u32) at 120.
+      return { ...info(), modified: `${stat.readBigInt64LE(112) * 1_000_000_000n + BigInt(stat.readUInt32LE(120))}` };
     },
     readlink: (path) => {
       const name = cString(path);
@@ -1661,6 +1668,9 @@ function flush(fd: number, inMemory: boolean): Call {
 interface Replay {
   /** The target, open for reading: the bytes that matched so far are copied from it. */
   fd: number;
+  /** Its size and modification time when the comparison began (see copyPrefix). */
+  size: number;
+  modified: string | undefined;
   /** How many leading bytes matched before the difference. */
   matched: number;
   /** The chunk in which the difference was found (not yet written). */
@@ -1680,12 +1690,15 @@ function* compareWithTarget(
   if (length !== undefined && length !== old.size) return undefined;
   let fd: number;
   try {
-    fd = (yield (sys) => sys.open(target.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW, 0)) as number;
+    // O_NONBLOCK: a target swapped for a FIFO since it was checked would block this open forever.
+    const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+    fd = (yield (sys) => sys.open(target.path, flags, 0)) as number;
   } catch {
     return undefined; // a target we may not read is simply replaced
   }
   try {
-    const size = ((yield (sys) => sys.fstat(fd)) as FileInfo).size;
+    const { mode: kind, size, modified } = (yield (sys) => sys.fstat(fd)) as FileInfo;
+    if ((kind & S_IFMT) !== S_IFREG) throw systemError("EINVAL", "not a regular file", "open", target.path);
     const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(size, 1)));
     let matched = 0;
     for (;;) {
@@ -1695,9 +1708,11 @@ function* compareWithTarget(
           yield quietly((sys) => sys.close(fd));
           return "unchanged";
         }
-        return { fd, matched };
+        return { fd, size, modified, matched };
       }
-      if (!(yield* sameBytes(fd, matched, next.value, scratch))) return { fd, matched, pendingChunk: next.value };
+      if (!(yield* sameBytes(fd, matched, next.value, scratch))) {
+        return { fd, size, modified, matched, pendingChunk: next.value };
+      }
       matched += next.value.byteLength;
     }
   } catch (error) {
@@ -1717,24 +1732,40 @@ function* sameBytes(fd: number, position: number, chunk: Uint8Array, scratch: Bu
   return true;
 }
 
-/** After a difference: the matched prefix comes from the target, then the chunk that differed. */
+/**
+ * After a difference: the matched prefix comes from the target, then the chunk that differed. The
+ * prefix is read again, and a program writing into the target in place meanwhile would have it
+ * publish bytes the caller never gave: a target whose size or modification time is no longer what
+ * it was when the comparison began fails the write instead. Not its status change time, which
+ * another writer's rename over the target also moves (the old file loses a link), and which must
+ * not fail this write. (Since Linux 6.13 the kernel gives a change after a stat a time of its own,
+ * so even one within the same clock tick is seen.)
+ */
 function* copyPrefix(replay: Replay, temp: Temp): Plan<void> {
   const scratch = Buffer.allocUnsafe(Math.min(COMPARE_PIECE, Math.max(replay.matched, 1)));
   for (let position = 0; position < replay.matched; ) {
     const want = Math.min(scratch.byteLength, replay.matched - position);
     const got = (yield (sys) => sys.read(replay.fd, scratch, 0, want, position)) as number;
-    if (got === 0) throw systemError("EIO", "the target shrank while it was being compared", "read", undefined);
+    if (got === 0) throw systemError("EAGAIN", "the target shrank while it was being compared", "read", undefined);
     yield* writeChunk(temp, scratch.subarray(0, got));
     position += got;
+  }
+  const now = (yield (sys) => sys.fstat(replay.fd)) as FileInfo;
+  if (now.size !== replay.size || now.modified !== replay.modified) {
+    throw systemError("EAGAIN", "the target changed while it was being compared", "fstat", undefined);
   }
   if (replay.pendingChunk) yield* writeChunk(temp, replay.pendingChunk);
 }
 
 // ---------------------------------------------------------------------------------------------
 
+/** Errors made here, whose text says what happened (see reason). */
+const described = new WeakSet<Error>();
+
 function systemError(code: string, text: string, syscall: string, path: string | undefined): NodeJS.ErrnoException {
   const where = path === undefined ? syscall : `${syscall} '${path}'`;
   const error = new Error(`${code}: ${text}, ${where}`) as NodeJS.ErrnoException;
+  described.add(error);
   error.code = code;
   const errno = errnoNumbers()[code];
   if (errno !== undefined) error.errno = -errno;

@@ -184,6 +184,8 @@ export interface ChildRun {
   /** Prefix the command, e.g. ["strace", "-f", "-o", log]. */
   wrap?: string[];
   env?: Record<string, string>;
+  /** Kill the child after this long (it then reports no result, and writeInChild throws). */
+  timeoutMs?: number;
 }
 
 export function writeInChild(request: ChildWrite, how: ChildRun = {}): ChildResult & { raw: SpawnSyncReturns<string> } {
@@ -191,6 +193,8 @@ export function writeInChild(request: ChildWrite, how: ChildRun = {}): ChildResu
   const raw = spawnSync(argv[0] as string, argv.slice(1), {
     encoding: "utf8",
     env: { ...process.env, HOME: tmpdir(), ...how.env },
+    timeout: how.timeoutMs,
+    killSignal: "SIGKILL",
   });
   const line = raw.stdout.trim().split("\n").pop() ?? "";
   try {

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
   atomicWriteBytes,
   atomicWriteBytesAsync,
@@ -29,6 +29,7 @@ import {
   tempResidue,
   tracedWrite,
   useTempKind,
+  writeInChild,
 } from "./helpers.ts";
 
 setDefaultTimeout(TIMEOUT_MS);
@@ -289,6 +290,50 @@ describe.each(TEMP_KINDS)("ifChanged: true, with $name,", ({ env }) => {
       expect(fs.readFileSync(file).equals(longer)).toBe(true);
     });
 
+    /** What another program leaves in the target: written into in place, or cut short. */
+    const inPlace = Buffer.concat([Buffer.from("ZZZZ"), original.subarray(4)]);
+    const cutShort = original.subarray(0, CHUNK);
+    test.each([
+      ["written into in place", inPlace, "changed"],
+      ["cut short", cutShort, "shrank"],
+    ] as const)(
+      "fails with EAGAIN and publishes nothing when the target is %s while it is compared",
+      async (_how, left, said) => {
+        const { dir, file } = target(original);
+        async function* source() {
+          yield original.subarray(0, 2 * CHUNK); // matches, so it is copied from the target later
+          // Another program changes the target (the same inode) while the stream waits.
+          const fd = fs.openSync(file, "r+");
+          if (left === inPlace) fs.writeSync(fd, inPlace, 0, 4, 0);
+          else fs.ftruncateSync(fd, left.length);
+          fs.closeSync(fd);
+          yield Buffer.alloc(CHUNK, 1); // the first difference: the matched prefix is read again
+        }
+        const error = (await atomicWriteStream(file, source(), { ifChanged: true }).catch((e) => e)) as
+          | NodeJS.ErrnoException
+          | undefined;
+        expect(error?.code).toBe("EAGAIN");
+        expect(error?.message).toContain(file);
+        expect(error?.message).toContain(`the target ${said} while it was being compared`);
+        // The other program's bytes stand, and no mix of them with the stream's was published.
+        expect(fs.readFileSync(file).equals(left)).toBe(true);
+        expect(fs.readdirSync(dir)).toEqual([basename(file)]);
+      },
+    );
+
+    test("goes on when another writer replaces the target by rename while it is compared", async () => {
+      const { dir, file } = target(original);
+      const stream = Buffer.concat([original.subarray(0, 2 * CHUNK), Buffer.alloc(CHUNK, 1)]);
+      async function* source() {
+        yield stream.subarray(0, 2 * CHUNK); // matches the old file, copied from it later
+        atomicWriteBytes(file, Buffer.from("another writer's whole file")); // the old file loses its name
+        yield stream.subarray(2 * CHUNK); // the first difference
+      }
+      await atomicWriteStream(file, source(), { ifChanged: true });
+      expect(fs.readFileSync(file).equals(stream)).toBe(true);
+      expect(fs.readdirSync(dir)).toEqual([basename(file)]);
+    });
+
     test("a source that throws after a late difference leaves the target intact and no temp", async () => {
       const { dir, file } = target(original);
       const state = snapshot(dir);
@@ -366,4 +411,26 @@ describe.skipIf(!has("strace"))("ifChanged: true on an identical target (strace 
       expect(identity(file)).toEqual(before);
     });
   }
+});
+
+describe.skipIf(!has("strace") || !has("mkfifo"))("ifChanged: true on a target swapped for a FIFO", () => {
+  test.each(["atomicWriteText", "atomicWriteBytesAsync", "atomicWriteStream"] as const)(
+    "%s fails with EINVAL, without blocking, when the swap comes after the target was checked",
+    (fn) => {
+      const { dir, file } = target("old contents");
+      // The child's open of the target to compare it waits a second; meanwhile a shell puts a FIFO
+      // in its place. Opened without O_NONBLOCK, a FIFO with no writer would block it forever.
+      const swap = ["sh", "-c", '(sleep 0.3; rm -f "$0"; mkfifo "$0") & exec "$@"', file];
+      const delay = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", file, "-e", "trace=openat"];
+      const wrap = [...swap, ...delay, "-e", "inject=openat:delay_enter=1000000"];
+      const result = writeInChild(childRequest(fn, file, "old contents", { ifChanged: true }), {
+        wrap,
+        timeoutMs: 20_000,
+      });
+      expect([result.ok, result.code]).toEqual([false, "EINVAL"]);
+      expect(result.message).toContain(file);
+      expect(fs.lstatSync(file).isFIFO()).toBe(true);
+      expect(fs.readdirSync(dir)).toEqual([basename(file)]);
+    },
+  );
 });
