@@ -572,6 +572,31 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
     return view;
   }
 
+  describe("an async bytes write whose buffer is transferred away before it runs", () => {
+    test.each([
+      ["at once", false],
+      ["while it waits behind another write to the file", true],
+    ])("rejects with a TypeError naming data, and leaves the file as it was (%s)", async (_when, queued) => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      const before = snapshot(dir);
+      // ifChanged: the earlier write, finding the same bytes, leaves the file's inode as it was too.
+      const earlier = queued ? lib.atomicWriteTextAsync(path, "old contents", { ifChanged: true }) : Promise.resolve();
+      const view = new Uint8Array(1000).fill(0x41);
+      const pending = lib.atomicWriteBytesAsync(path, view);
+      const batch = lib.atomicWriteManyAsync([{ path: join(dir, "other"), data: view }]);
+      detached(view.buffer); // as postMessage(view, [view.buffer]) does
+      await earlier;
+      for (const write of [pending, batch]) {
+        const error = (await write.catch((e) => e)) as Error;
+        expect(error).toBeInstanceOf(TypeError);
+        expect(error.message).toContain("data");
+      }
+      expect(snapshot(dir)).toEqual(before);
+    });
+  });
+
   describe.each(rows(VARIANTS))("%s rejects bad arguments before touching the disk", (_name, v) => {
     const good = v.kind === "text" ? "new" : Buffer.from("new");
     const badData: [string, unknown][] =

@@ -1304,12 +1304,30 @@ function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
 
 function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
   const op = isInMemory(temp.fsType) ? "writeInMemory" : "write";
-  for (let offset = 0; offset < chunk.byteLength; ) {
-    const written = (yield (sys) => sys[op](temp.fd, chunk, offset, chunk.byteLength - offset)) as number;
+  const length = chunk.byteLength;
+  if (length === 0 && isDetached(chunk)) throw changedUnderfoot(chunk);
+  for (let offset = 0; offset < length; ) {
+    if (chunk.byteLength !== length) throw changedUnderfoot(chunk);
+    const written = (yield (sys) => sys[op](temp.fd, chunk, offset, length - offset)) as number;
     // A regular file that accepts nothing would make this loop spin forever.
     if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
     offset += written;
   }
+}
+
+/**
+ * An async write reads the caller's bytes when its turn comes: memory transferred away meanwhile
+ * (postMessage) reads as empty, and a resizable buffer may have shrunk. Written as they are, either
+ * would publish a file cut short, as if complete.
+ */
+function isDetached(chunk: Uint8Array): boolean {
+  return (chunk.buffer as { detached?: boolean }).detached === true;
+}
+
+function changedUnderfoot(chunk: Uint8Array): TypeError {
+  return isDetached(chunk)
+    ? new TypeError("data must not be a detached ArrayBuffer: it was transferred before it was written")
+    : new TypeError("data must not shrink while it is written (a resizable ArrayBuffer)");
 }
 
 /**
