@@ -377,6 +377,10 @@ function streamChunks(inner: Iterator<unknown> | AsyncIterator<unknown>, encodin
   const piecewise = PIECEWISE.has(encoding.toLowerCase());
   const count = collectorOfChunks();
   const convert = (result: IteratorResult<unknown>): IteratorResult<Uint8Array> | undefined => {
+    if (result === null || typeof result !== "object") {
+      // As for await would say it; reading .value of a number would name "undefined" as the chunk.
+      throw new TypeError(`source iterator results must be objects, got ${describe(result)}`);
+    }
     if (result.done) return { done: true, value: undefined };
     const chunk = result.value;
     if (chunk instanceof Uint8Array) {

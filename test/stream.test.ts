@@ -400,6 +400,16 @@ describe.each(TEMP_KINDS)("atomicWriteStream with $name", ({ env }) => {
       });
     }
 
+    test("rejects with a TypeError naming the result when a hand-written iterator returns a non-object", async () => {
+      const { dir, target } = existingTarget();
+      const before = snapshot(dir);
+      const source = { [Symbol.iterator]: () => ({ next: () => 42 }) } as unknown as Iterable<Uint8Array>;
+      const error = await rejectionOf(atomicWriteStream(target, source));
+      expect(error).toBeInstanceOf(TypeError);
+      expect((error as Error).message).toContain("iterator results must be objects, got number");
+      expect(snapshot(dir)).toEqual(before);
+    });
+
     test("rejects a source that is not iterable with a TypeError, never throwing synchronously", async () => {
       const { dir, target } = existingTarget();
       const before = snapshot(dir);
