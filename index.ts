@@ -233,11 +233,25 @@ function asBytes(data: unknown): Uint8Array | undefined {
         : undefined;
   if (memory === undefined) return undefined;
   // Memory transferred away (postMessage) reads as empty: written, it would empty the file.
-  if ((memory as { detached?: boolean }).detached) {
+  if (isDetached(memory)) {
     throw new TypeError("data must not be a detached ArrayBuffer, nor a view of one");
   }
   if (data instanceof Uint8Array) return data;
   return ArrayBuffer.isView(data) ? new Uint8Array(memory, data.byteOffset, data.byteLength) : new Uint8Array(memory);
+}
+
+/** Whether memory was transferred away (postMessage): it then reads as empty. */
+function isDetached(memory: ArrayBufferLike): boolean {
+  const { detached } = memory as { detached?: boolean };
+  if (detached !== undefined) return detached;
+  // Node 20 has no `detached`; slicing a detached buffer throws, even an empty slice.
+  if (memory.byteLength !== 0) return false;
+  try {
+    memory.slice(0, 0);
+    return false;
+  } catch {
+    return true;
+  }
 }
 
 function describe(value: unknown): string {
@@ -1309,7 +1323,7 @@ function* writeAll(temp: Temp, chunks: Chunks): Plan<void> {
 function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
   const op = isInMemory(temp.fsType) ? "writeInMemory" : "write";
   const length = chunk.byteLength;
-  if (length === 0 && isDetached(chunk)) throw changedUnderfoot(chunk);
+  if (length === 0 && isDetached(chunk.buffer)) throw changedUnderfoot(chunk);
   for (let offset = 0; offset < length; ) {
     if (chunk.byteLength !== length) throw changedUnderfoot(chunk);
     const written = (yield (sys) => sys[op](temp.fd, chunk, offset, length - offset)) as number;
@@ -1324,12 +1338,8 @@ function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
  * (postMessage) reads as empty, and a resizable buffer may have shrunk. Written as they are, either
  * would publish a file cut short, as if complete.
  */
-function isDetached(chunk: Uint8Array): boolean {
-  return (chunk.buffer as { detached?: boolean }).detached === true;
-}
-
 function changedUnderfoot(chunk: Uint8Array): TypeError {
-  return isDetached(chunk)
+  return isDetached(chunk.buffer)
     ? new TypeError("data must not be a detached ArrayBuffer: it was transferred before it was written")
     : new TypeError("data must not shrink while it is written (a resizable ArrayBuffer)");
 }

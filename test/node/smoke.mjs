@@ -166,6 +166,20 @@ try {
     },
   );
 
+  await check("a buffer transferred away, before the call or while the write waits, is a TypeError", async () => {
+    const path = join(dir, "kept.txt");
+    fs.writeFileSync(path, "kept");
+    const transfer = (memory) => structuredClone(memory, { transfer: [memory] });
+    const gone = new ArrayBuffer(8);
+    transfer(gone);
+    assert.equal((await failureOf(() => lib.atomicWriteBytes(path, gone))).name, "TypeError");
+    const view = new Uint8Array(10).fill(65);
+    const pending = lib.atomicWriteBytesAsync(path, view);
+    transfer(view.buffer); // Node 20 has no ArrayBuffer.prototype.detached to tell it by
+    assert.equal((await failureOf(() => pending)).name, "TypeError");
+    assert.equal(fs.readFileSync(path, "utf8"), "kept");
+  });
+
   await check("no temp file is left behind by any of the above", () => {
     assert.deepEqual(temps(), []);
   });
