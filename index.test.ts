@@ -597,6 +597,28 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
     });
   });
 
+  describe("an async bytes write whose resizable buffer shrinks before it runs", () => {
+    test.each([
+      ["a view that tracks the buffer's length", true],
+      ["a view of a fixed length, then out of bounds", false],
+    ])("rejects with a TypeError naming data, and leaves the file as it was (%s)", async (_what, tracking) => {
+      const dir = tempDir();
+      const path = join(dir, "target");
+      plant(path, "old contents", 0o640);
+      const before = snapshot(dir);
+      const memory = new ArrayBuffer(1000, { maxByteLength: 2000 });
+      const view = tracking ? new Uint8Array(memory) : new Uint8Array(memory, 0, 1000);
+      view.fill(0x41);
+      const pending = lib.atomicWriteBytesAsync(path, view);
+      memory.resize(10); // read at the write's turn, it would be 10 bytes, or none
+      const error = (await pending.catch((e) => e)) as Error;
+      expect(error).toBeInstanceOf(TypeError);
+      expect(error.message).toContain("data");
+      expect(error.message).toContain("1000 bytes were given");
+      expect(snapshot(dir)).toEqual(before);
+    });
+  });
+
   describe.each(rows(VARIANTS))("%s rejects bad arguments before touching the disk", (_name, v) => {
     const good = v.kind === "text" ? "new" : Buffer.from("new");
     const badData: [string, unknown][] =

@@ -1142,6 +1142,9 @@ function* stageTemp(
     temp.fsType = traits.fsType ??= (yield (sys) => sys.statfsType(target.directory)) as number;
     if (replay) yield nested(copyPrefix(replay, temp));
     yield nested(writeAll(temp, chunks));
+    // Bytes given at the call but read at the write's turn: memory transferred away or shrunk
+    // meanwhile (postMessage, a resizable ArrayBuffer) reads short, and would publish a cut file.
+    if (request.length !== undefined && temp.written !== request.length) throw readShort(request.length, temp.written);
     yield* applyOwnerAndMode(temp.fd, target, mode);
     if (request.durable) yield flush(temp.fd, isInMemory(temp.fsType));
     const anonymous = temp.path === undefined;
@@ -1233,6 +1236,8 @@ interface Temp {
   open: boolean;
   /** statfs f_type of its file system (on tmpfs or ramfs, writing and flushing never wait on a device). */
   fsType: number;
+  /** Bytes written into it so far. */
+  written: number;
 }
 
 const TEMP_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -1249,7 +1254,7 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   if (anonymousTempsAllowed(directory)) {
     try {
       const fd = (yield (sys) => sys.openAnonymous(directory, createMode)) as number | undefined;
-      if (fd !== undefined) return { fd, open: true, fsType: 0 };
+      if (fd !== undefined) return { fd, open: true, fsType: 0, written: 0 };
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code as string;
       // ext4 refuses O_TMPFILE in a removed directory with EPERM, where a create says ENOENT: the
@@ -1263,7 +1268,8 @@ function* createTemp(target: Target, mode: number | undefined): Plan<Temp> {
   for (let attempt = 0; ; attempt++) {
     const path = tempName(target);
     try {
-      return { fd: (yield (sys) => sys.open(path, TEMP_FLAGS, createMode)) as number, path, open: true, fsType: 0 };
+      const fd = (yield (sys) => sys.open(path, TEMP_FLAGS, createMode)) as number;
+      return { fd, path, open: true, fsType: 0, written: 0 };
     } catch (error) {
       // A clash with another writer's random name is vanishingly rare but must not fail the write.
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw error;
@@ -1330,6 +1336,7 @@ function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
     // A regular file that accepts nothing would make this loop spin forever.
     if (written <= 0) throw systemError("EIO", "write accepted no bytes", "write", undefined);
     offset += written;
+    temp.written += written;
   }
 }
 
@@ -1338,6 +1345,12 @@ function* writeChunk(temp: Temp, chunk: Uint8Array): Plan<void> {
  * (postMessage) reads as empty, and a resizable buffer may have shrunk. Written as they are, either
  * would publish a file cut short, as if complete.
  */
+function readShort(given: number, read: number): TypeError {
+  return new TypeError(
+    `data must not be detached or shrunk before it is written: ${given} bytes were given, ${read} could be read`,
+  );
+}
+
 function changedUnderfoot(chunk: Uint8Array): TypeError {
   return isDetached(chunk.buffer)
     ? new TypeError("data must not be a detached ArrayBuffer: it was transferred before it was written")
