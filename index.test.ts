@@ -572,51 +572,58 @@ describe.each(TEMP_KINDS)("with %s", (_kind, settings: Partial<Record<(typeof CH
     return view;
   }
 
-  describe("an async bytes write whose buffer is transferred away before it runs", () => {
-    test.each([
-      ["at once", false],
-      ["while it waits behind another write to the file", true],
-    ])("rejects with a TypeError naming data, and leaves the file as it was (%s)", async (_when, queued) => {
-      const dir = tempDir();
-      const path = join(dir, "target");
-      plant(path, "old contents", 0o640);
-      const before = snapshot(dir);
-      // ifChanged: the earlier write, finding the same bytes, leaves the file's inode as it was too.
-      const earlier = queued ? lib.atomicWriteTextAsync(path, "old contents", { ifChanged: true }) : Promise.resolve();
-      const view = new Uint8Array(1000).fill(0x41);
-      const pending = lib.atomicWriteBytesAsync(path, view);
-      const batch = lib.atomicWriteManyAsync([{ path: join(dir, "other"), data: view }]);
-      detached(view.buffer); // as postMessage(view, [view.buffer]) does
-      await earlier;
-      for (const write of [pending, batch]) {
-        const error = (await write.catch((e) => e)) as Error;
-        expect(error).toBeInstanceOf(TypeError);
-        expect(error.message).toContain("data");
-      }
-      expect(snapshot(dir)).toEqual(before);
-    });
-  });
+  /** A 1000-byte view, and what makes it read short when the write's turn comes. */
+  interface Spoiled {
+    view: Uint8Array;
+    spoil: () => void;
+  }
+  const SPOILERS: [string, boolean, () => Spoiled][] = [
+    // As postMessage(view, [view.buffer]) does, at once or while the write waits behind another.
+    ...([false, true] as const).map((queued): [string, boolean, () => Spoiled] => [
+      `transferred away ${queued ? "while it waits behind another write to the file" : "at once"}`,
+      queued,
+      () => {
+        const view = new Uint8Array(1000);
+        return { view, spoil: () => detached(view.buffer) };
+      },
+    ]),
+    ...([true, false] as const).map((tracking): [string, boolean, () => Spoiled] => [
+      `resizable and shrunk, seen through a view ${tracking ? "that tracks its length" : "of a fixed length, then out of bounds"}`,
+      false,
+      () => {
+        const memory = new ArrayBuffer(1000, { maxByteLength: 2000 });
+        const view = tracking ? new Uint8Array(memory) : new Uint8Array(memory, 0, 1000);
+        return { view, spoil: () => memory.resize(10) };
+      },
+    ]),
+  ];
 
-  describe("an async bytes write whose resizable buffer shrinks before it runs", () => {
-    test.each([
-      ["a view that tracks the buffer's length", true],
-      ["a view of a fixed length, then out of bounds", false],
-    ])("rejects with a TypeError naming data, and leaves the file as it was (%s)", async (_what, tracking) => {
-      const dir = tempDir();
-      const path = join(dir, "target");
-      plant(path, "old contents", 0o640);
-      const before = snapshot(dir);
-      const memory = new ArrayBuffer(1000, { maxByteLength: 2000 });
-      const view = tracking ? new Uint8Array(memory) : new Uint8Array(memory, 0, 1000);
-      view.fill(0x41);
-      const pending = lib.atomicWriteBytesAsync(path, view);
-      memory.resize(10); // read at the write's turn, it would be 10 bytes, or none
-      const error = (await pending.catch((e) => e)) as Error;
-      expect(error).toBeInstanceOf(TypeError);
-      expect(error.message).toContain("data");
-      expect(error.message).toContain("1000 bytes were given");
-      expect(snapshot(dir)).toEqual(before);
-    });
+  describe("an async bytes write whose buffer reads short when its turn comes", () => {
+    test.each(SPOILERS)(
+      "rejects with a TypeError naming data, and leaves the file as it was: %s",
+      async (_what, queued, make) => {
+        const dir = tempDir();
+        const path = join(dir, "target");
+        plant(path, "old contents", 0o640);
+        const before = snapshot(dir);
+        // ifChanged: the earlier write, finding the same bytes, leaves the file's inode as it was too.
+        const earlier = queued
+          ? lib.atomicWriteTextAsync(path, "old contents", { ifChanged: true })
+          : Promise.resolve();
+        const { view, spoil } = make();
+        view.fill(0x41);
+        const pending = lib.atomicWriteBytesAsync(path, view);
+        const batch = lib.atomicWriteManyAsync([{ path: join(dir, "other"), data: view }]);
+        spoil();
+        await earlier;
+        for (const write of [pending, batch]) {
+          const error = (await write.catch((e) => e)) as Error;
+          expect(error).toBeInstanceOf(TypeError);
+          expect(error.message).toContain("data");
+        }
+        expect(snapshot(dir)).toEqual(before);
+      },
+    );
   });
 
   describe.each(rows(VARIANTS))("%s rejects bad arguments before touching the disk", (_name, v) => {
