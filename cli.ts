@@ -215,9 +215,9 @@ async function main(args: string[]): Promise<number> {
   } catch (error) {
     const failure = error as AtomicWriteError;
     const text = failure.message ?? String(error);
+    // The library's message of a published error names the path and says durability is unconfirmed.
     if (failure.published) {
-      const told = text.includes("durability is unconfirmed") && text.includes(`'${command.path}'`);
-      say(`atomic-write: ${told ? text : `'${command.path}' was written, but durability is unconfirmed: ${text}`}\n`);
+      say(`atomic-write: ${text}\n`);
       return 3;
     }
     // The library's own errors name the path quoted; a failed read of stdin does not.
